@@ -1,0 +1,5 @@
+import sys
+
+from lmsearch.cli import main
+
+sys.exit(main())
