@@ -230,7 +230,7 @@ class ArchSpec:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ArchSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
         """Build from :meth:`to_dict` output; unknown keys are an error."""
         if not isinstance(data, dict):
             raise ValueError(f"an architecture must be a mapping of fields; got {type(data).__name__}")
@@ -244,9 +244,9 @@ class ArchSpec:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchSpec":
+    def from_json(cls, text: str) -> ArchSpec:
         return cls.from_dict(json.loads(text))
 
-    def replace(self, **changes: Any) -> "ArchSpec":
+    def replace(self, **changes: Any) -> ArchSpec:
         """A validated copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,273 @@
+"""What a search's results mean: learned LM coefficients and the compression table.
+
+**Modified equation of an LM step.** An LM-ResNet step is the linear two-step
+scheme
+
+    x_{n+1} = (1 - k_n) x_n + k_n x_{n-1} + dt f(x_n).
+
+Expanding x_{n+1} and x_{n-1} around t_n with x_{n+-1} = u +- dt u' + dt^2/2 u''
+gives x_{n+1} - (1 - k) x_n - k x_{n-1} = (x_{n+1} - x_n) + k (x_n - x_{n-1})
+= dt [(1 + k) u' + (1 - k) dt/2 u''] + O(dt^3), so the step is consistent with
+
+    (1 + k_n) u' + (1 - k_n) dt/2 u'' = f(u)          (Lu et al., 2018, eq. 5)
+
+a second-order ("momentum") ODE. :func:`lm_coefficients` reports, per LM
+step, ``first_order = 1 + k_n`` and ``second_order = (1 - k_n) dt / 2``.
+In the network ``dt`` is absorbed into f, so the default ``dt = 1`` reads the
+coefficients in units of one step. k_n = 0 is the ResNet (forward Euler) step
+plus the dt/2 u'' term every first-order scheme carries.
+
+**Compression table.** :func:`compression_table` turns a grid search over
+scheme x depth x seed into the paper's table (see its docstring for the exact
+rule) and :func:`monotonicity` checks the precondition that makes it
+meaningful: ResNet accuracy must rise with depth by more than seed noise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["lm_coefficients", "lm_steps", "compression_table", "monotonicity", "family_of"]
+
+
+# =========================================================================== LM coefficients
+def _lm_class() -> type | None:
+    try:
+        from lmsearch.nn.registry import get_scheme
+
+        return get_scheme("lm")
+    except (ImportError, ValueError):
+        return None
+
+
+def _own_k(module: Any) -> Any:
+    params = getattr(module, "_parameters", {})
+    return params.get("k") if isinstance(params, dict) else None
+
+
+def _position(name: str, module: Any) -> tuple[int, int]:
+    """(stage, step) from the module's attributes, else from integers in its name."""
+    stage = getattr(module, "stage", getattr(module, "stage_index", None))
+    step = getattr(module, "step", getattr(module, "step_index", None))
+    if isinstance(stage, int) and isinstance(step, int):
+        return stage, step
+    numbers = [int(n) for n in re.findall(r"\d+", name)]
+    if len(numbers) >= 2:
+        return numbers[0], numbers[-1]
+    return 0, numbers[-1] if numbers else 0
+
+
+def lm_steps(model: Any) -> list[tuple[str, Any]]:
+    """``(qualified name, module)`` of every LM step of ``model``, in forward order.
+
+    An LM step is a module carrying its own parameter named ``k`` whose class
+    is (a subclass of) the class registered as scheme ``"lm"``; when no module
+    is of that class (e.g. a model from elsewhere), every module owning a
+    parameter ``k`` counts.
+    """
+    lm_cls = _lm_class()
+    with_k = [(name, m) for name, m in model.named_modules() if _own_k(m) is not None]
+    if lm_cls is not None:
+        typed = [(name, m) for name, m in with_k if isinstance(m, lm_cls)]
+        if typed:
+            return typed
+    return with_k
+
+
+def lm_coefficients(model: Any, dt: float = 1.0) -> pd.DataFrame:
+    """The learned k_n of every LM step and its modified-equation coefficients.
+
+    Columns: ``name`` (module path), ``stage``, ``step`` (within the stage),
+    ``index`` (0, 1, ... over all LM steps in depth order), ``k`` (k_n; the
+    mean when k is per channel), ``k_min``, ``k_max``, ``k_std`` (0 for a
+    scalar), ``n_k`` (number of coefficients), ``first_order`` = 1 + k_n,
+    ``second_order`` = (1 - k_n) dt / 2 (both from the mean k_n). Each
+    stage's first step is a plain Euler step with no k_n and is not listed.
+
+    Example:
+        >>> import torch
+        >>> class Step(torch.nn.Module):
+        ...     def __init__(self, k):
+        ...         super().__init__()
+        ...         self.k = torch.nn.Parameter(torch.tensor(k))
+        >>> net = torch.nn.Sequential(Step(-0.05), Step(0.5))
+        >>> lm_coefficients(net)[["index", "k", "first_order", "second_order"]].round(3).values.tolist()
+        [[0.0, -0.05, 0.95, 0.525], [1.0, 0.5, 1.5, 0.25]]
+    """
+    rows = []
+    for index, (name, module) in enumerate(lm_steps(model)):
+        k = _own_k(module).detach().double().cpu().reshape(-1).numpy()
+        stage, step = _position(name, module)
+        mean = float(k.mean())
+        rows.append({
+            "name": name,
+            "stage": stage,
+            "step": step,
+            "index": index,
+            "k": mean,
+            "k_min": float(k.min()),
+            "k_max": float(k.max()),
+            "k_std": float(k.std()) if k.size > 1 else 0.0,
+            "n_k": int(k.size),
+            "first_order": 1.0 + mean,
+            "second_order": (1.0 - mean) * dt / 2.0,
+        })
+    columns = ["name", "stage", "step", "index", "k", "k_min", "k_max", "k_std", "n_k", "first_order", "second_order"]
+    out = pd.DataFrame(rows, columns=columns)
+    return out.astype({"stage": "int64", "step": "int64", "index": "int64", "n_k": "int64"})
+
+
+# =========================================================================== compression
+def family_of(scheme: Any, noise: Any = None) -> str:
+    """Row family of a net: the scheme, plus ``+noise`` when it has a noise term.
+
+    Example:
+        >>> family_of("lm", "stochastic_depth"), family_of("euler", "none")
+        ('lm+stochastic_depth', 'euler')
+    """
+    if noise is None or (isinstance(noise, float) and math.isnan(noise)) or noise is pd.NA or noise in ("", "none"):
+        return str(scheme)
+    return f"{scheme}+{noise}"
+
+
+def _finished(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    missing = [c for c in ("scheme", "depth", "params", metric) if c not in df.columns]
+    if missing:
+        raise KeyError(f"compression_table needs column(s) {missing}; the table has {list(df.columns)}")
+    out = df
+    if "state" in out.columns:
+        out = out[out["state"].astype(object).eq("COMPLETE").to_numpy(dtype=bool)]
+    values = pd.to_numeric(out[metric], errors="coerce")
+    params = pd.to_numeric(out["params"], errors="coerce")
+    return out[(values.notna() & params.notna()).to_numpy(dtype=bool)]
+
+
+def compression_table(
+    df: pd.DataFrame,
+    metric: str = "test_acc",
+    baseline: str = "euler",
+    compressed: str = "lm",
+    by_noise: bool = True,
+) -> pd.DataFrame:
+    """The paper's compression table from a trials table (one row per trial and seed).
+
+    Rows: one per (family, depth, width, params), where the family is the
+    scheme, or ``scheme+noise`` when ``by_noise`` and the net has a noise term
+    (so "lm + stochastic depth" is its own family). Only COMPLETE trials with
+    a value of ``metric`` count. Columns:
+
+    * ``family``, ``scheme``, ``noise`` (if present and ``by_noise``), ``depth``, ``width``
+      (if present), ``params``;
+    * ``n``: trials (seeds) in the row; ``acc_mean``, ``acc_std`` (sample std,
+      ddof=1; NaN for n = 1), ``acc_sem`` = acc_std / sqrt(n): the standard
+      error of the mean; ``err_mean`` = 1 - acc_mean, ``err_std`` = acc_std;
+    * on ``baseline`` rows (``family == "euler"``): ``threshold`` =
+      acc_mean - acc_sem of that ResNet (its own standard error; acc_mean
+      when n = 1), and for every family F of scheme ``compressed``:
+      ``match_depth:F``, ``match_params:F``: the smallest-params net of F whose
+      acc_mean >= threshold (ties: the shallower), and ``ratio:F`` =
+      match_params / ResNet params (NaN when no net of F qualifies). A ratio
+      of 0.5 means an LM net with half the parameters matches the ResNet.
+
+    Rows are sorted: baseline first, then the compressed families, then any
+    other, each by depth and params.
+
+    Example:
+        >>> df = pd.DataFrame({"scheme": ["euler"] * 4 + ["lm"] * 2, "depth": [20, 20, 32, 32, 20, 20],
+        ...                    "params": [10, 10, 16, 16, 11, 11],
+        ...                    "test_acc": [0.80, 0.82, 0.86, 0.88, 0.86, 0.87]})
+        >>> t = compression_table(df)
+        >>> t[["family", "depth", "n", "ratio:lm"]].values.tolist()
+        [['euler', 20, 2, 1.1], ['euler', 32, 2, 0.6875], ['lm', 20, 2, nan]]
+    """
+    data = _finished(df, metric).copy()
+    noise = data["noise"] if ("noise" in data.columns and by_noise) else pd.Series([None] * len(data), index=data.index)
+    data["family"] = [family_of(s, n) for s, n in zip(data["scheme"].astype(object), noise.astype(object), strict=True)]
+    data["_acc"] = pd.to_numeric(data[metric], errors="coerce").astype(float)
+    keys = ["family", "scheme"] + (["noise"] if "noise" in data.columns and by_noise else []) + ["depth"]
+    keys += (["width"] if "width" in data.columns else []) + ["params"]
+    for key in keys:
+        data[key] = data[key].astype(object)
+    grouped = data.groupby(keys, sort=False, dropna=False)["_acc"]
+    table = grouped.agg(n="count", acc_mean="mean", acc_std=lambda s: s.std(ddof=1)).reset_index()
+    table["acc_sem"] = table["acc_std"] / np.sqrt(table["n"].astype(float))
+    table["err_mean"] = 1.0 - table["acc_mean"]
+    table["err_std"] = table["acc_std"]
+
+    families = list(dict.fromkeys(table["family"]))
+    lm_families = sorted(f for f in families if f.split("+")[0] == compressed)
+    rank = {f: i for i, f in enumerate([baseline, *lm_families])}
+    table["_rank"] = [rank.get(f, len(rank)) for f in table["family"]]
+    table = table.sort_values(["_rank", "family", "depth", "params"], kind="stable").drop(columns="_rank")
+    table = table.reset_index(drop=True)
+
+    is_base = (table["family"] == baseline).to_numpy()
+    sem = table["acc_sem"].fillna(0.0)
+    table["threshold"] = np.where(is_base, table["acc_mean"] - sem, np.nan)
+    for fam in lm_families:
+        cands = table[table["family"] == fam]
+        match_depth: list[Any] = []
+        match_params: list[Any] = []
+        ratio: list[float] = []
+        for base, threshold, params in zip(is_base, table["threshold"], table["params"], strict=True):
+            ok = cands[cands["acc_mean"] >= threshold - 1e-12] if base else cands.iloc[:0]
+            if len(ok):
+                best = ok.sort_values(["params", "depth"], kind="stable").iloc[0]
+                match_depth.append(best["depth"])
+                match_params.append(best["params"])
+                ratio.append(float(best["params"]) / float(params))
+            else:
+                match_depth.append(pd.NA)
+                match_params.append(pd.NA)
+                ratio.append(np.nan)
+        table[f"match_depth:{fam}"] = pd.array(match_depth, dtype="Int64")
+        table[f"match_params:{fam}"] = pd.array(match_params, dtype="Int64")
+        table[f"ratio:{fam}"] = np.array(ratio, dtype=float)
+
+    for key in ("depth", "width", "params"):
+        if key in table.columns:
+            table[key] = pd.to_numeric(table[key]).astype("int64") if table[key].notna().all() else table[key]
+    for key in ("family", "scheme", "noise"):
+        if key in table.columns:
+            table[key] = table[key].astype("string")
+    table["n"] = table["n"].astype("int64")
+    return table
+
+
+def monotonicity(
+    df: pd.DataFrame, metric: str = "test_acc", family: str = "euler"
+) -> pd.DataFrame:
+    """Does ``family``'s mean accuracy rise with depth by more than the seed spread?
+
+    ``df`` is a trials table or a :func:`compression_table`. One row per pair
+    of consecutive depths (by params where a depth appears with several
+    widths): ``depth_from``, ``depth_to``, ``acc_from``, ``acc_to``,
+    ``gain`` = acc_to - acc_from, ``spread`` = the larger of the two
+    seed-to-seed standard deviations (acc_std), and ``rises`` = gain > spread
+    (False when a spread is unknown, i.e. a single seed). The compression
+    table is meaningful only where ``rises.all()``.
+
+    Example:
+        >>> df = pd.DataFrame({"scheme": ["euler"] * 4, "depth": [20, 20, 32, 32], "params": [1, 1, 2, 2],
+        ...                    "test_acc": [0.80, 0.82, 0.86, 0.88]})
+        >>> monotonicity(df)[["depth_from", "depth_to", "rises"]].values.tolist()
+        [[20, 32, True]]
+    """
+    table = df if "acc_mean" in df.columns else compression_table(df, metric=metric)
+    rows = table[table["family"].astype(object) == family].sort_values(["depth", "params"], kind="stable")
+    out = []
+    for a, b in zip(rows.iloc[:-1].itertuples(index=False), rows.iloc[1:].itertuples(index=False), strict=True):
+        spread = max(a.acc_std, b.acc_std) if not (pd.isna(a.acc_std) or pd.isna(b.acc_std)) else np.nan
+        gain = b.acc_mean - a.acc_mean
+        out.append({
+            "depth_from": int(a.depth), "depth_to": int(b.depth), "acc_from": a.acc_mean, "acc_to": b.acc_mean,
+            "gain": gain, "spread": spread, "rises": bool(not pd.isna(spread) and gain > spread),
+        })
+    columns = ["depth_from", "depth_to", "acc_from", "acc_to", "gain", "spread", "rises"]
+    return pd.DataFrame(out, columns=columns).astype({"rises": bool})
+

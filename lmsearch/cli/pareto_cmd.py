@@ -1,0 +1,150 @@
+"""``lmsearch pareto``: the Pareto front of one or more experiments, as a table and a plot."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+HELP = """Show the Pareto front of a search (accuracy vs parameters by default).
+
+examples:
+  lmsearch pareto results/demo
+  lmsearch pareto results/demo --by scheme --plot front.png
+  lmsearch pareto results/a results/b --objectives val_acc:max flops:min
+  lmsearch pareto results/compression-fashion-mnist --compression"""
+
+_SHOW = ["experiment", "number", "trial_id", "arch", "width", "block", "params", "flops",
+         "val_acc", "test_acc", "epochs_run", "state"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="experiment folder(s) results/<name>/")
+    parser.add_argument("--plot", metavar="FILE", help="write the front plot (PNG) here")
+    parser.add_argument("--by", metavar="COLUMN", help="one front per value of COLUMN (e.g. scheme)")
+    parser.add_argument("--objectives", nargs="+", metavar="COL:DIR",
+                        help="objectives as column:max|min (default: the experiment's, else val_acc:max params:min)")
+    parser.add_argument("--compression", action="store_true",
+                        help="also print the compression table (ResNet vs LM params at equal accuracy) "
+                             "and the depth-monotonicity check")
+    parser.add_argument("--metric", default="test_acc",
+                        help="accuracy column for --compression (default test_acc)")
+
+
+def _objectives(args: argparse.Namespace, df: pd.DataFrame) -> list[tuple[str, str]] | None:
+    from lmsearch.pareto import normalize_objectives
+
+    if args.objectives:
+        return normalize_objectives(args.objectives)
+    found = []
+    for meta in df.attrs.get("experiments", {}).values():
+        objs = meta.get("objectives")
+        if objs:
+            found.append(tuple((o["name"], o["direction"]) for o in objs))
+    if found and len(set(found)) == 1:
+        return normalize_objectives(list(found[0]))
+    return None
+
+
+def _fmt_table(front: pd.DataFrame, objectives: list[tuple[str, str]], multi: bool) -> str:
+    from lmsearch.plots import trial_label
+
+    view = front.copy()
+    view["arch"] = [trial_label(row) for _, row in view.iterrows()]
+    columns = [c for c in _SHOW if c in view.columns and (c != "experiment" or multi)]
+    columns += [c for c, _ in objectives if c not in columns]
+    view = view[columns]
+    text = {}
+    for col in view.columns:
+        if col in ("val_acc", "test_acc"):
+            fmt = "{:.4f}".format
+        elif col in ("params", "flops"):
+            fmt = lambda v: f"{int(v):,}"  # noqa: E731
+        else:
+            fmt = str
+        text[col] = ["" if pd.isna(v) else fmt(v) for v in view[col].astype(object)]
+    return pd.DataFrame(text).to_string(index=False)
+
+
+def _summary(df: pd.DataFrame) -> str:
+    if "state" not in df.columns or not len(df):
+        return f"{len(df)} trials"
+    counts = df["state"].astype(object).fillna("?").value_counts()
+    parts = ", ".join(f"{counts[s]} {s.lower()}" for s in counts.index)
+    return f"{len(df)} trials ({parts})"
+
+
+def _fmt_compression(table: pd.DataFrame, monotone: pd.DataFrame, metric: str) -> str:
+    lines = []
+    view = pd.DataFrame({
+        "family": table["family"],
+        "depth": table["depth"],
+        "params": [f"{int(p):,}" for p in table["params"]],
+        "n": table["n"],
+        f"{metric} error % (mean +- std)": [
+            f"{100 * e:.2f} +- {100 * s:.2f}" if not pd.isna(s) else f"{100 * e:.2f}"
+            for e, s in zip(table["err_mean"], table["err_std"], strict=True)
+        ],
+    })
+    for col in [c for c in table.columns if c.startswith("ratio:")]:
+        fam = col.split(":", 1)[1]
+        view[f"smallest {fam} matching"] = [
+            "" if pd.isna(d) else f"{fam}-{int(d)} ({int(p):,})"
+            for d, p in zip(table[f"match_depth:{fam}"], table[f"match_params:{fam}"], strict=True)
+        ]
+        view[f"ratio {fam}"] = ["" if pd.isna(r) else f"{r:.2f}" for r in table[col]]
+    lines.append(view.to_string(index=False))
+    lines.append("ratio = params of the smallest LM net whose mean accuracy >= the ResNet's mean minus "
+                 "one standard error of the ResNet's mean, / the ResNet's params (< 1 = compression).")
+    if len(monotone):
+        lines.append("")
+        lines.append("Euler accuracy vs depth (the table is meaningful only where accuracy rises by more "
+                     "than the seed spread):")
+        for row in monotone.itertuples(index=False):
+            spread = "n/a" if pd.isna(row.spread) else f"{100 * row.spread:.2f}"
+            verdict = "rises" if row.rises else "does NOT rise beyond the noise"
+            lines.append(f"  depth {row.depth_from} -> {row.depth_to}: {100 * row.gain:+.2f} points "
+                         f"(seed spread {spread}) {verdict}")
+        ok = bool(monotone["rises"].all())
+        lines.append(f"  monotone: {'yes' if ok else 'NO - read the ratios as noise, not compression'}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmsearch.pareto import DEFAULT_OBJECTIVES, normalize_objectives, pareto_front
+    from lmsearch.results import ExperimentFolderError, load_results
+
+    try:
+        df = load_results([Path(d) for d in args.dirs])
+        objectives = _objectives(args, df) or normalize_objectives(DEFAULT_OBJECTIVES)
+        multi = df["experiment"].nunique() > 1
+        print(_summary(df))
+        if args.by:
+            if args.by not in df.columns:
+                print(f"error: --by {args.by}: no such column", file=sys.stderr)
+                return 2
+            for value, group in df.groupby(df[args.by].astype(object), sort=True):
+                front = pareto_front(group, objectives)
+                print(f"\nPareto front, {args.by} = {value} ({len(front)} of {len(group)} trials):")
+                print(_fmt_table(front, objectives, multi) if len(front) else "  (no complete trials)")
+        front = pareto_front(df, objectives)
+        what = " vs ".join(f"{c} ({d})" for c, d in objectives)
+        print(f"\nPareto front{' over all' if args.by else ''}: {what}, {len(front)} trials")
+        print(_fmt_table(front, objectives, multi) if len(front) else "  (no complete trials yet)")
+        if args.plot:
+            from lmsearch.plots import plot_pareto
+
+            path = plot_pareto(df, args.plot, objectives=objectives, by=args.by or "scheme")
+            print(f"\nplot written to {path}")
+        if args.compression:
+            from lmsearch.analysis import compression_table, monotonicity
+
+            table = compression_table(df, metric=args.metric)
+            print(f"\nCompression table ({args.metric}, complete trials):")
+            print(_fmt_compression(table, monotonicity(table), args.metric) if len(table) else "  (no data)")
+    except (ExperimentFolderError, KeyError, ValueError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        return 2
+    return 0

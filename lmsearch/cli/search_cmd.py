@@ -1,0 +1,54 @@
+"""``lmsearch search``: run or resume a scheme search described by a space file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "run (or --resume) an architecture search from a search-space YAML file"
+
+EPILOG = """\
+examples:
+  lmsearch search search_spaces/fashion_quick.yaml
+  lmsearch search search_spaces/fashion_quick.yaml --num-samples 4 --out /tmp/quick
+  lmsearch search search_spaces/fashion_quick.yaml --out /tmp/quick --resume
+  ray start --head --node-ip-address=127.0.0.2 --port=6390 --num-cpus=2
+  lmsearch search search_spaces/fashion_quick.yaml --address 127.0.0.2:6390
+
+The experiment folder (default results/<name>/) gets space.yaml, trials.csv,
+curves.csv, pareto.csv, the Optuna study (study.db: optuna-dashboard
+sqlite:///results/<name>/study.db) and Ray Tune's state under ray/.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.add_argument("space", help="search-space YAML file (see search_spaces/)")
+    parser.add_argument("--out", help="experiment folder (default: results/<name from the space file>)")
+    parser.add_argument("--name", help="experiment name (default: the space file's `name`, else its stem)")
+    parser.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
+    parser.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local node)")
+    parser.add_argument("--node-ip", default="127.0.0.2",
+                        help="address the local Ray node binds to (default 127.0.0.2, a loopback address: "
+                             "no traffic leaves the machine); 'auto' lets Ray choose")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted search in --out: finished trials are kept, "
+                             "running ones restart from their last epoch checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no per-trial progress table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmsearch.lock import ExperimentLocked
+    from lmsearch.search import SearchError, run_search
+    from lmsearch.space import SpaceError
+
+    try:
+        run_search(
+            args.space, out=args.out, name=args.name, num_samples=args.num_samples, address=args.address,
+            resume=args.resume, node_ip=None if args.node_ip == "auto" else args.node_ip,
+            verbose=0 if args.quiet else 1,
+        )
+    except (SpaceError, SearchError, ExperimentLocked, FileNotFoundError) as exc:
+        print(f"lmsearch search: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

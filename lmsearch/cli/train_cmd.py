@@ -1,0 +1,246 @@
+"""``lmsearch train``: train one network (a zoo name, an ArchSpec JSON or an export) on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = """Train one network on a dataset and report its test accuracy.
+
+MODEL is a zoo name (see `lmsearch models`), an ArchSpec JSON file, the
+arch.json of an export, or an export directory (arch.json + model.safetensors).
+Its in_channels and num_classes are adapted to the dataset. Every epoch prints
+the training loss, the validation loss and accuracy (a seeded part held out
+of the training set) and the throughput; the test accuracy comes at the end.
+
+examples:
+  lmsearch train lm_resnet20 --epochs 2 --subset 2000
+  lmsearch train resnet20 --dataset fashion-mnist --epochs 30 --save out/resnet20
+  lmsearch train spec.json --epochs 160 --schedule step --device cuda
+  lmsearch train exported/lm56 --epochs 5 --init-weights --lr 0.01
+  lmsearch train resnet20 --dataset cifar10 --data-dir ~/data --epochs 160"""
+
+
+# Kept here (not imported from lmsearch.train / lmsearch.data) so building the CLI parser does not import
+# torch; tests/test_train_cli.py checks they match.
+DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic")
+SCHEDULE_NAMES = ("step", "cosine", "onecycle", "constant")
+DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+            "label_smoothing": 0.0, "schedule": "step", "warmup_epochs": 0.0}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = argparse.Namespace(**DEFAULTS)
+    parser.add_argument("model", metavar="MODEL|ARCH.json",
+                        help="zoo name (e.g. resnet20, lm_resnet56), ArchSpec JSON, arch.json or export directory")
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default="fashion-mnist", choices=list(DATASET_NAMES),
+                   help="dataset (default fashion-mnist; synthetic is for tests)")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="where the dataset is (default $LMSEARCH_DATA, then /usr/share/datasets/fashion-mnist)")
+    g.add_argument("--download", action="store_true", help="cifar10/cifar100: download when missing (needs internet)")
+    g.add_argument("--subset", type=int, metavar="N", help="train on N images of the training part (seeded)")
+    g.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="share of the training set held out for validation (default 0.1)")
+    g.add_argument("--image-size", type=int, metavar="PX", help="imagenet/folder: image size (default 224)")
+    t = parser.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"epochs (default {d.epochs})")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B", help=f"default {d.batch_size}")
+    t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    t.add_argument("--momentum", type=float, default=d.momentum, help=f"default {d.momentum}")
+    t.add_argument("--no-nesterov", dest="nesterov", action="store_false", help="plain momentum instead of Nesterov")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"default {d.weight_decay}")
+    t.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="default 0")
+    t.add_argument("--schedule", choices=SCHEDULE_NAMES, default=d.schedule,
+                   help="lr schedule (default step: /10 at 50%% and 75%% of training, as in the paper)")
+    t.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="E", help="linear warm-up")
+    t.add_argument("--seed", type=int, default=0, help="seeds initialisation, split, order and augmentation")
+    t.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    t.add_argument("--init-weights", action="store_true", help="start from an export's weights (fine-tune)")
+    r = parser.add_argument_group("running")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model")
+    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on CUDA only; --amp also on CPU, fast on CPUs with AVX512-BF16/AMX)")
+    r.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    r.add_argument("--save", metavar="DIR", help="write arch.json + model.safetensors here after training")
+
+
+class _UsageError(Exception):
+    """A bad argument: printed as ``lmsearch train: error: ...`` with exit status 2."""
+
+
+def _read_spec(model_arg: str) -> tuple[Any, Path | None]:
+    """``(ArchSpec, export dir or None)`` of an ArchSpec JSON file, an arch.json or an export directory."""
+    from lmsearch.arch import ArchSpec
+
+    path = Path(model_arg).expanduser()
+    if path.is_dir():
+        if not (path / "arch.json").is_file():
+            raise _UsageError(f"{path} is a directory without arch.json (an export holds arch.json + "
+                              "model.safetensors)")
+        path = path / "arch.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _UsageError(f"{path}: cannot read an architecture from it ({exc})") from None
+    if isinstance(doc, dict) and "format" in doc:
+        from lmsearch.export import read_arch_json
+
+        try:
+            doc = read_arch_json(path)
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+        export_dir = path.parent if (path.parent / doc.get("weights", "model.safetensors")).is_file() else None
+        doc = doc["spec"]
+    else:
+        export_dir = None
+    try:
+        return ArchSpec.from_dict(doc), export_dir
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(f"{path}: not a valid ArchSpec: {exc}") from None
+
+
+def _zoo_spec(name: str, in_channels: int, num_classes: int) -> Any:
+    from lmsearch.nn.zoo import create_model, list_models
+
+    names = list(list_models())
+    if name not in names:
+        raise _UsageError(f"{name!r} is neither a file nor a zoo model; zoo models: {', '.join(names)}")
+    model = create_model(name, in_channels=in_channels, num_classes=num_classes)
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise _UsageError(f"zoo model {name!r} carries no ArchSpec (.spec); cannot train it here")
+    return spec
+
+
+def _model(args: argparse.Namespace, in_channels: int, num_classes: int) -> tuple[Any, Any, str]:
+    """``(model, spec, description)``: the network to train, adapted to the dataset's channels and classes."""
+    import torch
+
+    from lmsearch.nn.network import build_model
+
+    looks_like_file = args.model.endswith(".json") or "/" in args.model or Path(args.model).exists()
+    if looks_like_file:
+        if not Path(args.model).expanduser().exists():
+            raise _UsageError(f"{args.model}: no such file or directory")
+        spec, export_dir = _read_spec(args.model)
+        source = str(args.model)
+    else:
+        spec, export_dir = _zoo_spec(args.model, in_channels, num_classes), None
+        source = f"zoo:{args.model}"
+    adapted = spec.replace(in_channels=in_channels, num_classes=num_classes)
+    if adapted != spec:
+        print(f"note: adapted {source} to the dataset: in_channels {spec.in_channels} -> {in_channels}, "
+              f"num_classes {spec.num_classes} -> {num_classes}", file=sys.stderr)
+    if args.init_weights:
+        if export_dir is None:
+            raise _UsageError("--init-weights needs an export directory (arch.json + model.safetensors) as MODEL")
+        if adapted != spec:
+            raise _UsageError("--init-weights: the export's in_channels/num_classes do not fit the dataset")
+        from lmsearch.export import load_architecture
+
+        try:
+            model = load_architecture(export_dir)
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+    else:
+        torch.manual_seed(args.seed)
+        model = build_model(adapted)
+    return model, adapted, source
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, pattern)
+
+
+def _epoch_line(m: dict[str, Any], epochs: int) -> str:
+    acc = "-" if m["val_acc"] is None or math.isnan(m["val_acc"]) else f"{100 * m['val_acc']:.2f}%"
+    width = len(str(epochs))
+    return (f"epoch {m['epoch']:>{width}}/{epochs}  train_loss {_fmt(m['train_loss'], '.4f')}  "
+            f"val_loss {_fmt(m['val_loss'], '.4f')}  val_acc {acc:>7}  lr {m['lr']:.4g}  "
+            f"{m['images_per_s']:,.0f} img/s  {m['seconds']:.1f} s")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmsearch.data import load_dataset
+    from lmsearch.train import TrainConfig, Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = {"image_size": args.image_size} if args.image_size else {}
+    if options and args.dataset not in ("imagenet", "folder"):
+        raise _UsageError("--image-size is only for --dataset imagenet or folder")
+    try:
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                             nesterov=args.nesterov, weight_decay=args.weight_decay,
+                             label_smoothing=args.label_smoothing, schedule=args.schedule,
+                             warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
+                             compile=args.compile, amp=args.amp, augment=args.augment, progress=args.progress)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    if args.save and Path(args.save).exists() and not Path(args.save).is_dir():
+        raise _UsageError(f"--save {args.save}: exists and is not a directory")
+    try:
+        data = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction, seed=args.seed,
+                            subset=args.subset, download=args.download, **options)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    info = data.info
+    model, spec, source = _model(args, info.in_channels, info.num_classes)
+    params = sum(p.numel() for p in model.parameters())
+    trainer = Trainer(model, data, config)
+    print(f"training {source} ({spec.scheme}, depth {spec.depth}, width {spec.width}, {params:,} parameters) on "
+          f"{info.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
+          f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr} ({config.schedule}), "
+          f"device {trainer.device}", flush=True)
+    result = trainer.fit(callback=lambda m: print(_epoch_line(m, config.epochs), flush=True), test=True)
+    if result.status == "diverged":
+        print(f"lmsearch train: {result.message}", file=sys.stderr)
+        if args.save:
+            print(f"lmsearch train: nothing saved to {args.save} (the run diverged)", file=sys.stderr)
+        return 1
+    print(f"test accuracy {100 * result.test_acc:.2f}% ({len(data.test)} images), test loss "
+          f"{result.test_loss:.4f}; {result.epochs} epochs in {result.seconds:.1f} s", flush=True)
+    if args.save:
+        from lmsearch.export import save_architecture
+
+        last = result.history[-1] if result.history else {}
+        metadata = {
+            "metrics": {"test_acc": result.test_acc, "test_loss": result.test_loss, "val_acc": last.get("val_acc"),
+                        "val_loss": last.get("val_loss"), "train_loss": last.get("train_loss"), "params": params},
+            "provenance": {"command": "lmsearch train", "source": source, "dataset": info.name,
+                           "subset": args.subset, "val_fraction": args.val_fraction, "epochs": result.epochs,
+                           "train_config": {k: v for k, v in result.config.items() if k != "progress"},
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        }
+        out = save_architecture(model.cpu(), spec, args.save, metadata=metadata)
+        print(f"saved {out / 'arch.json'} and {out / 'model.safetensors'}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmsearch.data import DatasetNotFoundError
+
+    try:
+        return _train(args)
+    except _UsageError as exc:
+        print(f"lmsearch train: error: {exc}", file=sys.stderr)
+        return 2
+    except DatasetNotFoundError as exc:
+        print(f"lmsearch train: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "CUDA is not available" in str(exc):
+            print(f"lmsearch train: error: {exc}", file=sys.stderr)
+            return 2
+        raise

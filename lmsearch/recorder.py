@@ -1,0 +1,99 @@
+"""Keeps the experiment folder's tables current while Ray Tune runs the trials.
+
+A Tune callback on the driver: every reported epoch lands in curves.csv and
+every change of a trial's state in trials.csv, written atomically, so a
+search killed at any moment leaves tables that agree with what had finished.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from lmsearch import results
+from lmsearch.searcher import FAILED, RUNNING, trial_outcome
+from lmsearch.space import SearchSpace
+
+__all__ = ["TrialRecorder", "trial_row"]
+
+_CURVE_KEYS = ("epoch", "train_loss", "val_acc", "val_loss", "images_per_s", "seconds")
+
+
+def _error_text(trial: Trial) -> str:
+    path = trial.error_file
+    if not path or not Path(path).is_file():
+        return "trial raised an error"
+    lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "trial raised an error"
+
+
+def trial_row(trial: Trial, space: SearchSpace) -> dict[str, Any]:
+    """One row of trials.csv for a Ray trial (see lmsearch.results.TRIAL_COLUMNS)."""
+    config, result = trial.config, trial.last_result or {}
+    if trial.status == Trial.ERROR:
+        state = FAILED
+    elif trial.status == Trial.TERMINATED:
+        state = trial_outcome(result, errored=False)
+    else:
+        state = RUNNING
+    spec = config["spec"]
+    row: dict[str, Any] = {"trial_id": trial.trial_id, "number": config.get("number"), "state": state}
+    row.update({k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in spec.items()})
+    row["arch_json"] = json.dumps(spec, sort_keys=True)
+    row.update({k: config["train"].get(k) for k in ("lr", "weight_decay", "batch_size")})
+    row.update(
+        epochs=space.epochs,
+        params=config.get("params"),
+        flops=result.get("flops"),
+        val_acc=result.get("val_acc"),
+        val_loss=result.get("val_loss"),
+        test_acc=result.get("test_acc") if state == "COMPLETE" else None,
+        epochs_run=int(result.get("epoch", 0) or 0),
+        wall_time_s=result.get("wall_time_s", result.get("time_total_s")),
+        node_id=result.get("node_id"),
+        hostname=result.get("hostname"),
+        dataset=space.dataset,
+        seed=config["train"].get("seed"),
+        error=_error_text(trial) if state == FAILED and trial.status == Trial.ERROR else result.get("message", ""),
+    )
+    return row
+
+
+class TrialRecorder(Callback):
+    """Writes trials.csv and curves.csv of ``exp_dir`` as results arrive."""
+
+    def __init__(self, space: SearchSpace, exp_dir: str | Path) -> None:
+        self.space, self.exp_dir = space, Path(exp_dir)
+        self._curves: dict[tuple[str, int], dict[str, Any]] = {}
+        self._trials: list[Trial] = []
+        curves_file = self.exp_dir / results.CURVES_FILE
+        if curves_file.is_file():  # a resumed search keeps the epochs already recorded
+            for row in pd.read_csv(curves_file).to_dict("records"):
+                self._curves[(str(row["trial_id"]), int(row["epoch"]))] = row
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        if result.get("epoch", 0) >= 1:
+            row = {"trial_id": trial.trial_id, "number": trial.config.get("number")}
+            row.update({k: result.get(k) for k in _CURVE_KEYS})
+            self._curves[(trial.trial_id, int(result["epoch"]))] = row
+            results.write_curves(self.exp_dir, list(self._curves.values()))
+        self.write_trials(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.write_trials(trials)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.write_trials(trials)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.write_trials(trials)
+
+    def write_trials(self, trials: list[Trial]) -> None:
+        self._trials = trials
+        rows = [trial_row(t, self.space) for t in trials if "spec" in t.config]
+        results.write_trials_table(self.exp_dir, rows)

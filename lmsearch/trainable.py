@@ -1,0 +1,133 @@
+"""The Ray Tune trial: ArchSpec -> build_model -> Trainer.fit, one ``tune.report`` per epoch.
+
+Every epoch is reported with a checkpoint of the whole training state, so a
+trial whose worker dies, or whose search is resumed, continues from its last
+finished epoch and ends with the same numbers as an uninterrupted run. The
+last report of a completed trial carries its test accuracy and a checkpoint
+with the exported model (arch.json + model.safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmsearch.arch import ArchSpec
+from lmsearch.faults import log_trained_epoch, maybe_inject_fault
+from lmsearch.searcher import STATUS_DIVERGED, STATUS_OVER_BUDGET
+from lmsearch.space import SearchSpace
+
+__all__ = ["make_trainable", "train_trial", "TRAINER_STATE", "train_config"]
+
+TRAINER_STATE = "trainer.pt"
+FINAL_METRICS = "final.json"  # in the last checkpoint of a trial that has ended
+
+
+def train_config(space: SearchSpace, train: dict[str, Any], device: str) -> Any:
+    """The TrainConfig of one trial: the space's budget plus its sampled training values."""
+    from lmsearch.train import TrainConfig
+
+    return TrainConfig(epochs=space.epochs, device=device, progress=False, **train)
+
+
+def _device(space: SearchSpace) -> str:
+    return "cuda" if space.gpu > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _ray_context() -> dict[str, Any]:
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
+
+
+def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any) -> None:
+    """Train one configuration sampled by the StudySearcher and report every epoch to Tune."""
+    from ray import tune
+
+    from lmsearch.export import save_architecture
+    from lmsearch.nn.counting import count_flops
+    from lmsearch.nn.network import build_model
+    from lmsearch.train import Trainer
+
+    torch.set_num_threads(max(1, int(space.cpu)))
+    spec = ArchSpec.from_dict(config["spec"])
+    where = _ray_context()
+    fixed = {"params": config["params"], "epochs": space.epochs, **where}
+    if space.max_params is not None and config["params"] > space.max_params:
+        tune.report({**fixed, "epoch": 0, "status": STATUS_OVER_BUDGET,
+                     "message": f"{config['params']} parameters > max_params {space.max_params}; not trained"})
+        return
+    fixed["flops"] = count_flops(spec, input_size=tuple(data.info.shape))
+    torch.manual_seed(config["train"]["seed"])  # the initial weights are part of the trial's seed
+    model = build_model(spec)
+    trainer = Trainer(model, data, train_config(space, config["train"], _device(space)))
+    for state_dir in _checkpoint_dirs(tune.get_checkpoint()):
+        final = state_dir / FINAL_METRICS
+        if final.is_file():
+            # Finished before the search was interrupted: report the same result again, train nothing.
+            tune.report(json.loads(final.read_text()), checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
+            return
+        try:
+            trainer.load_state_dict(torch.load(state_dir / TRAINER_STATE, weights_only=False))
+            break
+        except (OSError, RuntimeError, EOFError, KeyError):
+            continue  # a checkpoint cut short by a killed worker: use the one before
+
+    def report(epoch_metrics: dict[str, Any]) -> None:
+        maybe_inject_fault(config["number"], epoch_metrics["epoch"])
+        last = epoch_metrics["epoch"] >= space.epochs
+        diverged = not math.isfinite(epoch_metrics.get("train_loss", 0.0))
+        metrics = {**fixed, **epoch_metrics, "status": "running",
+                   "wall_time_s": sum(h["seconds"] for h in trainer.history)}
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(trainer.state_dict(), Path(d) / TRAINER_STATE)
+            if diverged:
+                metrics.update(status=STATUS_DIVERGED, message=f"diverged at epoch {epoch_metrics['epoch']} "
+                                                                "(non-finite loss)")
+            elif last:
+                metrics.update(status="completed", test_acc=trainer.evaluate("test")["acc"])
+                save_architecture(model, spec, d, metadata={
+                    "metrics": {k: metrics.get(k) for k in ("val_acc", "val_loss", "test_acc", "params", "flops")},
+                    "provenance": {"experiment": space.name, "trial_number": config["number"],
+                                   "dataset": space.dataset, "seed": config["train"]["seed"],
+                                   "epochs": space.epochs, "train": config["train"]},
+                })
+            if diverged or last:
+                (Path(d) / FINAL_METRICS).write_text(json.dumps(metrics))
+            log_trained_epoch(config["number"], epoch_metrics["epoch"])
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    trainer.fit(callback=report)
+
+
+def _checkpoint_dirs(restored: Any) -> list[Path]:
+    """Checkpoint folders to resume from, newest first.
+
+    Ray hands a restored trial the checkpoint its last saved experiment state
+    knew; a driver killed between a report and that save knows an older one.
+    The trial folder may hold newer checkpoints, so those come first.
+    """
+    from ray import tune
+
+    found: list[Path] = []
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    if trial_dir.is_dir():
+        found = sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name, reverse=True)
+    if restored is not None and Path(restored.path) not in found and Path(restored.path).is_dir():
+        found.append(Path(restored.path))
+    return [p for p in found if (p / TRAINER_STATE).is_file()]
+
+
+def make_trainable(space: SearchSpace, data: Any) -> Callable[..., Any]:
+    """``train_trial`` bound to the space and the dataset (shared through Ray's object store)."""
+    from ray import tune
+
+    trainable = tune.with_parameters(train_trial, space=space, data=data)
+    return tune.with_resources(trainable, {"cpu": space.cpu, "gpu": space.gpu})

@@ -1,0 +1,150 @@
+"""compression_table / monotonicity against a hand-worked answer; lm_coefficients."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lmsearch.analysis import compression_table, family_of, lm_coefficients, monotonicity
+
+
+def _trials() -> pd.DataFrame:
+    rows = [
+        # scheme, noise, depth, params, test_acc, state
+        ("euler", "none", 20, 100, 0.80, "COMPLETE"),
+        ("euler", "none", 20, 100, 0.82, "COMPLETE"),
+        ("euler", "none", 20, 100, 0.84, "COMPLETE"),
+        ("euler", "none", 32, 160, 0.85, "COMPLETE"),
+        ("euler", "none", 32, 160, 0.87, "COMPLETE"),
+        ("euler", "none", 32, 160, 0.89, "COMPLETE"),
+        ("euler", "none", 44, 220, 0.86, "COMPLETE"),
+        ("euler", "none", 44, 220, 0.90, "COMPLETE"),
+        ("lm", "none", 20, 101, 0.855, "COMPLETE"),
+        ("lm", "none", 20, 101, 0.865, "COMPLETE"),
+        ("lm", "none", 32, 161, 0.88, "COMPLETE"),
+        ("lm", "none", 32, 161, 0.86, "COMPLETE"),
+        ("lm", "stochastic_depth", 20, 101, 0.80, "COMPLETE"),
+        ("lm", "stochastic_depth", 20, 101, 0.81, "COMPLETE"),
+        ("lm", "none", 56, 281, 0.99, "PRUNED"),  # not finished: ignored
+        ("lm", "none", 44, 221, np.nan, "COMPLETE"),  # no test accuracy: ignored
+    ]
+    df = pd.DataFrame(rows, columns=["scheme", "noise", "depth", "params", "test_acc", "state"])
+    df["seed"] = range(len(df))
+    df["width"] = 16
+    return df
+
+
+def test_compression_table_equals_hand_worked_answer() -> None:
+    t = compression_table(_trials())
+    assert t[["family", "depth", "params", "n"]].values.tolist() == [
+        ["euler", 20, 100, 3], ["euler", 32, 160, 3], ["euler", 44, 220, 2],
+        ["lm", 20, 101, 2], ["lm", 32, 161, 2], ["lm+stochastic_depth", 20, 101, 2],
+    ]
+    # means, sample stds (ddof=1), standard errors of the mean, errors
+    np.testing.assert_allclose(t["acc_mean"], [0.82, 0.87, 0.88, 0.86, 0.87, 0.805], atol=1e-12)
+    np.testing.assert_allclose(t["acc_std"], [0.02, 0.02, 0.02 * math.sqrt(2), 0.005 * math.sqrt(2),
+                                              0.01 * math.sqrt(2), 0.005 * math.sqrt(2)], atol=1e-12)
+    np.testing.assert_allclose(t["acc_sem"], [0.02 / math.sqrt(3), 0.02 / math.sqrt(3), 0.02, 0.005, 0.01, 0.005],
+                               atol=1e-12)
+    np.testing.assert_allclose(t["err_mean"], [0.18, 0.13, 0.12, 0.14, 0.13, 0.195], atol=1e-12)
+    # ResNet thresholds: mean - SE of the ResNet's mean
+    np.testing.assert_allclose(t["threshold"][:3], [0.82 - 0.02 / math.sqrt(3), 0.87 - 0.02 / math.sqrt(3), 0.86],
+                               atol=1e-12)
+    assert t["threshold"][3:].isna().all()
+    # euler-20 (thr 0.8085): lm-20 (0.86) matches -> 101/100; lm+sd-20 (0.805) does not
+    # euler-32 (thr 0.8585): lm-20 (0.86) matches -> 101/160
+    # euler-44 (thr 0.86, exactly lm-20's mean: "at least" includes it) -> 101/220
+    np.testing.assert_allclose(t["ratio:lm"][:3], [1.01, 101 / 160, 101 / 220], atol=1e-12)
+    assert t["match_depth:lm"][:3].tolist() == [20, 20, 20]
+    assert t["match_params:lm"][:3].tolist() == [101, 101, 101]
+    assert t["ratio:lm+stochastic_depth"].isna().all()
+    assert t["ratio:lm"][3:].isna().all()
+
+
+def test_compression_without_noise_split_and_with_other_metric() -> None:
+    df = _trials()
+    merged = compression_table(df, by_noise=False)
+    assert set(merged["family"]) == {"euler", "lm"}
+    lm20 = merged[(merged.family == "lm") & (merged.depth == 20)].iloc[0]
+    assert lm20["n"] == 4 and lm20["acc_mean"] == pytest.approx((0.855 + 0.865 + 0.80 + 0.81) / 4)
+    df["val_acc"] = df["test_acc"] - 0.5  # nothing LM reaches the ResNets' bar... only a metric change
+    t = compression_table(df, metric="val_acc")
+    np.testing.assert_allclose(t["acc_mean"][:3], [0.32, 0.37, 0.38], atol=1e-12)
+    with pytest.raises(KeyError, match="params"):
+        compression_table(df.drop(columns="params"))
+
+
+def test_no_lm_net_qualifies_gives_nan() -> None:
+    df = pd.DataFrame({"scheme": ["euler", "euler", "lm", "lm"], "depth": [20, 20, 20, 20],
+                       "params": [10, 10, 11, 11], "test_acc": [0.9, 0.9, 0.5, 0.6]})
+    t = compression_table(df)
+    assert math.isnan(t.loc[0, "ratio:lm"]) and pd.isna(t.loc[0, "match_depth:lm"])
+    assert t.loc[0, "threshold"] == pytest.approx(0.9)  # std 0: the bar is the mean itself
+
+
+def test_monotonicity_hand_worked() -> None:
+    m = monotonicity(_trials())
+    assert m[["depth_from", "depth_to"]].values.tolist() == [[20, 32], [32, 44]]
+    np.testing.assert_allclose(m["gain"], [0.05, 0.01], atol=1e-12)
+    np.testing.assert_allclose(m["spread"], [0.02, 0.02 * math.sqrt(2)], atol=1e-12)
+    assert m["rises"].tolist() == [True, False]
+    # from a compression table too, and one seed means unknown spread -> not shown to rise
+    assert monotonicity(compression_table(_trials()))["rises"].tolist() == [True, False]
+    one = pd.DataFrame({"scheme": ["euler", "euler"], "depth": [20, 32], "params": [1, 2], "test_acc": [0.5, 0.9]})
+    assert monotonicity(one)["rises"].tolist() == [False]
+
+
+def test_family_of() -> None:
+    assert family_of("lm", "stochastic_depth") == "lm+stochastic_depth"
+    assert family_of("lm", "none") == family_of("lm", None) == family_of("lm", float("nan")) == "lm"
+
+
+class _Step(torch.nn.Module):
+    def __init__(self, k: torch.Tensor) -> None:
+        super().__init__()
+        self.k = torch.nn.Parameter(k)
+        self.conv = torch.nn.Conv2d(2, 2, 1)
+
+
+def test_lm_coefficients_of_a_hand_built_model() -> None:
+    net = torch.nn.ModuleDict({
+        "stage0": torch.nn.Sequential(torch.nn.Identity(), _Step(torch.tensor(-0.05)), _Step(torch.tensor(0.5))),
+        "stage1": torch.nn.Sequential(torch.nn.Identity(), _Step(torch.tensor([0.1, 0.3]))),
+    })
+    c = lm_coefficients(net, dt=0.5)
+    assert c["name"].tolist() == ["stage0.1", "stage0.2", "stage1.1"]
+    assert c["stage"].tolist() == [0, 0, 1] and c["step"].tolist() == [1, 2, 1] and c["index"].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(c["k"], [-0.05, 0.5, 0.2], atol=1e-7)
+    np.testing.assert_allclose(c["k_min"], [-0.05, 0.5, 0.1], atol=1e-7)
+    np.testing.assert_allclose(c["k_max"], [-0.05, 0.5, 0.3], atol=1e-7)
+    assert c["n_k"].tolist() == [1, 1, 2]
+    # modified equation (1 + k) u' + (1 - k) dt/2 u'' = f(u)
+    np.testing.assert_allclose(c["first_order"], [0.95, 1.5, 1.2], atol=1e-7)
+    np.testing.assert_allclose(c["second_order"], [1.05 * 0.25, 0.5 * 0.25, 0.8 * 0.25], atol=1e-7)
+    assert len(lm_coefficients(torch.nn.Linear(2, 2))) == 0
+
+
+def _build_model():
+    try:
+        from lmsearch.nn.network import build_model
+    except ImportError:
+        pytest.skip("lmsearch.nn.network.build_model is not available yet")
+    return build_model
+
+
+def test_lm_coefficients_of_a_real_lm_net() -> None:
+    from lmsearch.arch import ArchSpec
+
+    build_model = _build_model()
+    spec = ArchSpec(scheme="lm", depth=20, width=4, in_channels=1)  # 3 stages x 3 steps, first of each is Euler
+    c = lm_coefficients(build_model(spec))
+    assert len(c) == sum(n - 1 for n in spec.steps_per_stage)
+    assert c["stage"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert ((c["k"] >= -0.1) & (c["k"] <= 0.0)).all()  # authors' init U(-0.1, 0)
+    assert len(lm_coefficients(build_model(spec.replace(scheme="euler")))) == 0
+    per_channel = lm_coefficients(build_model(spec.replace(lm_k="channel")))
+    assert len(per_channel) == len(c) and (per_channel["n_k"] > 1).all()

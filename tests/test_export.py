@@ -1,0 +1,243 @@
+"""save_architecture / load_architecture / export_best: bit-exact round trip, refusal of bad files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import lmsearch.export as export
+from lmsearch.arch import ArchSpec
+from lmsearch.export import (
+    ArchitectureFileError,
+    export_best,
+    find_trial_weights,
+    load_architecture,
+    save_architecture,
+)
+from lmsearch.results import trial_row, write_experiment, write_trials_table
+
+LMSEARCH = str(Path(sys.executable).with_name("lmsearch"))
+
+
+def _real_builder():
+    try:
+        from lmsearch.nn.network import build_model
+    except ImportError:
+        return None
+    return build_model
+
+
+class _StandIn(torch.nn.Module):
+    """A small net shaped by the spec, with a tied and a non-contiguous parameter (used until nn lands)."""
+
+    def __init__(self, spec: ArchSpec) -> None:
+        super().__init__()
+        w = spec.width
+        self.stem = torch.nn.Conv2d(spec.in_channels, w, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(w)
+        self.k = torch.nn.Parameter(torch.empty(sum(spec.steps_per_stage)).uniform_(-0.1, 0.0))
+        self.mix = torch.nn.Parameter(torch.randn(w, w).t())  # non-contiguous
+        self.head = torch.nn.Linear(w, spec.num_classes)
+        self.head_tied = self.head  # shared storage in the state dict
+        self.spec = spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.stem(x))).mean((2, 3))
+        return self.head(h @ self.mix * (1 + self.k.sum()))
+
+
+@pytest.fixture(params=["stand-in", "real"])
+def spec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ArchSpec:
+    if request.param == "real":
+        if _real_builder() is None:
+            pytest.skip("lmsearch.nn.network.build_model is not available yet")
+    else:
+        monkeypatch.setattr(export, "_build_model", _StandIn)
+    return ArchSpec(scheme="lm", depth=14, width=4, in_channels=1)  # 2 steps per stage: one LM step each
+
+
+def _trained(spec: ArchSpec) -> torch.nn.Module:
+    model = export._build_model(spec)
+    with torch.no_grad():  # move every weight and buffer off its init so the round trip is not vacuous
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.add_(torch.randn_like(t) * 0.1)
+                if name.endswith("running_var"):
+                    t.abs_()
+    return model.eval()
+
+
+def test_round_trip_is_bit_exact(spec: ArchSpec, tmp_path: Path) -> None:
+    model = _trained(spec)
+    meta = {"metrics": {"val_acc": 0.9}, "provenance": {"experiment": "demo", "trial_id": "t1"}}
+    out = save_architecture(model, spec, tmp_path / "exp", metadata=meta)
+    assert sorted(p.name for p in out.iterdir()) == ["arch.json", "model.safetensors"]
+    doc = json.loads((out / "arch.json").read_text())
+    assert doc["format"] == "lmsearch-arch" and doc["version"] == 1 and doc["spec"] == spec.to_dict()
+    assert len(doc["sha256"]) == 64 and doc["metrics"] == {"val_acc": 0.9}
+    again = load_architecture(out)
+    assert again.spec == spec and again.metadata == meta and not again.training
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(model(x), again(x))
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert k1 == k2 and torch.equal(v1, v2) and v1.dtype == v2.dtype
+
+
+def test_loading_never_unpickles(spec: ArchSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = save_architecture(_trained(spec), spec, tmp_path / "e")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("load_architecture unpickled something")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    load_architecture(out)
+
+
+def test_tampered_weights_refused(spec: ArchSpec, tmp_path: Path) -> None:
+    out = save_architecture(_trained(spec), spec, tmp_path / "e")
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArchitectureFileError, match=r"model\.safetensors.*SHA-256.*does not match"):
+        load_architecture(out)
+
+
+def _rehash(out: Path, tensors: dict) -> None:
+    save_file(tensors, str(out / "model.safetensors"))
+    doc = json.loads((out / "arch.json").read_text())
+    doc["sha256"] = export._sha256(out / "model.safetensors")
+    (out / "arch.json").write_text(json.dumps(doc))
+
+
+def test_mismatched_files_refused(spec: ArchSpec, tmp_path: Path) -> None:
+    out = save_architecture(_trained(spec), spec, tmp_path / "e")
+    tensors = load_file(str(out / "model.safetensors"))
+    name = sorted(tensors)[0]
+    # missing key (hash updated, so only the content check can catch it)
+    _rehash(out, {k: v for k, v in tensors.items() if k != name})
+    with pytest.raises(ArchitectureFileError, match=rf"model\.safetensors.*missing tensors {name}"):
+        load_architecture(out)
+    # unexpected key
+    _rehash(out, {**tensors, "extra.weight": torch.zeros(2)})
+    with pytest.raises(ArchitectureFileError, match="unexpected tensors extra.weight"):
+        load_architecture(out)
+    # a spec that does not fit the weights (wider net)
+    _rehash(out, tensors)
+    doc = json.loads((out / "arch.json").read_text())
+    doc["spec"]["width"] = 8
+    (out / "arch.json").write_text(json.dumps(doc))
+    with pytest.raises(ArchitectureFileError, match="wrong shapes"):
+        load_architecture(out)
+    # an invalid spec, an unknown format, a missing directory
+    doc["spec"]["depth"] = 15
+    (out / "arch.json").write_text(json.dumps(doc))
+    with pytest.raises(ArchitectureFileError, match=r"arch\.json: invalid architecture spec"):
+        load_architecture(out)
+    (out / "arch.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ArchitectureFileError, match="not an lmsearch architecture file"):
+        load_architecture(out)
+    with pytest.raises(ArchitectureFileError, match=r"nowhere.*arch\.json"):
+        load_architecture(tmp_path / "nowhere")
+
+
+def test_save_refuses_inconsistent_input(spec: ArchSpec, tmp_path: Path) -> None:
+    model = _trained(spec)
+    with pytest.raises(ValueError, match="reserved"):
+        save_architecture(model, spec, tmp_path / "a", metadata={"sha256": "x"})
+    with pytest.raises(ValueError, match="built from"):
+        save_architecture(model, spec.replace(width=8), tmp_path / "b")
+    assert save_architecture(model, None, tmp_path / "c").is_dir()  # spec taken from model.spec
+
+
+# ------------------------------------------------------------------------------------------ export_best
+def _experiment(tmp_path: Path, with_weights: bool) -> tuple[Path, dict[str, ArchSpec]]:
+    exp = tmp_path / "demo"
+    write_experiment(exp, {"name": "demo", "dataset": "fashion-mnist", "status": "finished",
+                           "objectives": [{"name": "val_acc", "direction": "maximize"},
+                                          {"name": "params", "direction": "minimize"}]})
+    specs = {
+        "small": ArchSpec(scheme="lm", depth=14, width=4, in_channels=1),
+        "mid": ArchSpec(scheme="lm", depth=14, width=6, in_channels=1),
+        "big": ArchSpec(scheme="euler", depth=14, width=8, in_channels=1),
+        "dominated": ArchSpec(scheme="euler", depth=14, width=6, in_channels=1),
+    }
+    accs = {"small": 0.80, "mid": 0.85, "big": 0.90, "dominated": 0.82}
+    sizes = {"small": 1000, "mid": 2000, "big": 4000, "dominated": 2500}
+    rows = [trial_row(s, trial_id=f"abc_0000{i}", number=i, state="COMPLETE", val_acc=accs[k], params=sizes[k],
+                      test_acc=accs[k] - 0.01, dataset="fashion-mnist", seed=i, lr=0.1)
+            for i, (k, s) in enumerate(specs.items())]
+    rows.append(trial_row(specs["small"], trial_id="abc_00004", number=4, state="PRUNED", val_acc=0.99, params=10))
+    write_trials_table(exp, rows)
+    if with_weights:
+        for i, s in enumerate(specs.values()):
+            save_architecture(_trained(s), s, exp / "weights" / f"abc_0000{i}")
+    return exp, specs
+
+
+def test_export_best_picks_the_most_accurate_front_net_within_budget(spec: ArchSpec, tmp_path: Path) -> None:
+    exp, specs = _experiment(tmp_path, with_weights=True)
+    out = export_best(exp, tmp_path / "out", max_params=3000)
+    model = load_architecture(out)
+    assert model.spec == specs["mid"]  # 'dominated' (0.82, 2500) is off the front; 'big' is over budget
+    assert model.metadata["metrics"]["val_acc"] == 0.85 and model.metadata["metrics"]["params"] == 2000
+    prov = model.metadata["provenance"]
+    assert prov["experiment"] == "demo" and prov["trial_id"] == "abc_00001" and prov["number"] == 1
+    assert prov["dataset"] == "fashion-mnist" and prov["seed"] == 1 and "weights/abc_00001" in prov["weights"]
+    stored = load_architecture(exp / "weights" / "abc_00001")
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(model(x), stored(x))
+    assert load_architecture(export_best(exp, tmp_path / "o2", trial="3")).spec == specs["dominated"]
+    assert load_architecture(export_best(exp, tmp_path / "o3", trial="abc_00002")).spec == specs["big"]
+    with pytest.raises(ValueError, match="smallest has 1,000"):
+        export_best(exp, tmp_path / "o4", max_params=999)
+    with pytest.raises(ValueError, match="no trial"):
+        export_best(exp, tmp_path / "o5", trial="nope")
+
+
+def test_export_best_without_weights_asks_for_retraining(spec: ArchSpec, tmp_path: Path) -> None:
+    exp, _ = _experiment(tmp_path, with_weights=False)
+    with pytest.raises(ValueError, match="no stored weights for trial abc_00001.*retrain"):
+        export_best(exp, tmp_path / "out", max_params=3000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_find_trial_weights_in_ray_checkpoints(spec: ArchSpec, tmp_path: Path) -> None:
+    exp, specs = _experiment(tmp_path, with_weights=False)
+    base = exp / "ray" / "demo" / "train_trial_abc_00001_1_lr=0.1"
+    for n in (2, 10):
+        save_architecture(_trained(specs["mid"]), specs["mid"], base / f"checkpoint_{n:06d}")
+    save_architecture(_trained(specs["small"]), specs["small"], exp / "ray" / "demo" / "train_trial_abc_000010_x"
+                      / "checkpoint_000099")
+    assert find_trial_weights(exp, "abc_00001") == base / "checkpoint_000010"
+    assert find_trial_weights(exp, "abc_00003") is None
+
+
+def test_export_cli_reports_missing_weights(tmp_path: Path) -> None:
+    exp, _ = _experiment(tmp_path, with_weights=False)
+    proc = subprocess.run([LMSEARCH, "export", str(exp), "--max-params", "3000", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--retrain-epochs" in proc.stderr
+    proc = subprocess.run([LMSEARCH, "export", str(exp), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--max-params" in proc.stderr  # one of --max-params/--trial is required
+
+
+def test_export_cli_writes_a_loadable_export(tmp_path: Path) -> None:
+    if _real_builder() is None:
+        pytest.skip("lmsearch.nn.network.build_model is not available yet")
+    exp, specs = _experiment(tmp_path, with_weights=True)
+    proc = subprocess.run([LMSEARCH, "export", str(exp), "--max-params", "3000", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "abc_00001" in proc.stdout
+    assert load_architecture(tmp_path / "o").spec == specs["mid"]

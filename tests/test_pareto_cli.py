@@ -1,0 +1,136 @@
+"""`lmsearch pareto` run as a user would, and the PNG plots."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lmsearch.arch import ArchSpec
+from lmsearch.plots import hypervolume_curve, plot_curves, plot_hypervolume, plot_lm_coefficients, plot_pareto
+from lmsearch.results import load_curves, load_results, trial_row, write_curves, write_experiment, write_trials_table
+
+LMSEARCH = str(Path(sys.executable).with_name("lmsearch"))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _experiment(root: Path, name: str = "grid") -> Path:
+    """A compression-style grid: euler/lm x depth x 3 seeds, plus a pruned and a failed trial."""
+    exp = root / name
+    write_experiment(exp, {"name": name, "dataset": "fashion-mnist", "status": "finished",
+                           "objectives": [{"name": "val_acc", "direction": "maximize"},
+                                          {"name": "params", "direction": "minimize"}]})
+    rows, curves, n = [], [], 0
+    for scheme in ("euler", "lm"):
+        for depth, params in ((20, 10_000), (32, 16_000), (44, 22_000)):
+            for seed in range(3):
+                acc = 0.80 + depth / 1000 + (0.02 if scheme == "lm" else 0.0) + 0.001 * seed
+                rows.append(trial_row(ArchSpec(scheme=scheme, depth=depth, width=8, in_channels=1),
+                                      trial_id=f"t{n:02d}", number=n, state="COMPLETE", val_acc=acc,
+                                      test_acc=acc - 0.005, params=params + (depth // 6 if scheme == "lm" else 0),
+                                      seed=seed, dataset="fashion-mnist"))
+                curves += [dict(trial_id=f"t{n:02d}", number=n, epoch=e, train_loss=1 / e, val_acc=acc - 0.1 / e)
+                           for e in (1, 2, 3)]
+                n += 1
+    spec = ArchSpec(scheme="lm", depth=56, width=8, in_channels=1)
+    rows.append(trial_row(spec, trial_id="pruned", number=n, state="PRUNED", val_acc=0.99, params=100))
+    rows.append(trial_row(spec, trial_id="failed", number=n + 1, state="FAILED", error="boom"))
+    write_trials_table(exp, rows)
+    write_curves(exp, curves)
+    return exp
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 2000
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = mpimg.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert np.ptp(image[..., :3]) > 0  # not a blank canvas
+
+
+def _lmsearch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([LMSEARCH, *args], capture_output=True, text=True, timeout=180)
+
+
+def test_pareto_cli_prints_front_and_writes_plot(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    plot = tmp_path / "plots" / "front.png"
+    proc = _lmsearch("pareto", str(exp), "--plot", str(plot))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "20 trials (18 complete, 1 pruned, 1 failed)" in out
+    # the front: the best seed of lm-20/32/44 (t11, t14, t17) and of euler-20 (t02, 3 params fewer than lm-20)
+    table = out.split("Pareto front")[1].split("plot written")[0]
+    rows = [line.split() for line in table.strip().splitlines()[2:]]
+    assert [r[1] for r in rows] == ["t17", "t14", "t11", "t02"]
+    assert [r[2] for r in rows] == ["lm-44", "lm-32", "lm-20", "euler-20"]
+    assert "<NA>" not in table and "pruned" not in table
+    _assert_png(plot)
+
+
+def test_pareto_cli_by_scheme_and_compression(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    proc = _lmsearch("pareto", str(exp), "--by", "scheme", "--compression")
+    assert proc.returncode == 0, proc.stderr
+    assert "scheme = euler" in proc.stdout and "scheme = lm" in proc.stdout
+    assert "Compression table" in proc.stdout and "ratio lm" in proc.stdout
+    assert "monotone: yes" in proc.stdout
+
+
+def test_pareto_cli_several_experiments_and_objectives(tmp_path: Path) -> None:
+    a, b = _experiment(tmp_path, "a"), _experiment(tmp_path, "b")
+    proc = _lmsearch("pareto", str(a), str(b), "--objectives", "test_acc:max", "params:min")
+    assert proc.returncode == 0, proc.stderr
+    assert "test_acc (max) vs params (min)" in proc.stdout
+    assert "experiment" in proc.stdout  # shown when several experiments are combined
+
+
+def test_pareto_cli_errors(tmp_path: Path) -> None:
+    proc = _lmsearch("pareto", str(tmp_path))
+    assert proc.returncode == 2 and "not an lmsearch experiment folder" in proc.stderr
+    exp = _experiment(tmp_path)
+    proc = _lmsearch("pareto", str(exp), "--objectives", "accuracy:max")
+    assert proc.returncode == 2 and "accuracy" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    df = load_results(exp)
+    _assert_png(plot_pareto(df, tmp_path / "p.png", by="scheme"))
+    _assert_png(plot_curves(load_curves(exp), tmp_path / "c.png"))
+    ref = {"val_acc": 0.7, "params": 30_000}
+    _assert_png(plot_hypervolume(df, tmp_path / "h.png", ref=ref))
+    coeffs = pd.DataFrame({"stage": [0, 0, 1], "index": [0, 1, 2], "k": [-0.05, 0.2, 0.5],
+                           "k_min": [-0.05, 0.1, 0.5], "k_max": [-0.05, 0.3, 0.5]})
+    _assert_png(plot_lm_coefficients(coeffs, tmp_path / "k.png"))
+
+
+def test_hypervolume_curve_is_nondecreasing_and_ends_at_the_total() -> None:
+    from lmsearch.pareto import hypervolume
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"number": rng.permutation(30), "state": ["COMPLETE"] * 25 + ["PRUNED"] * 5,
+                       "val_acc": rng.random(30), "params": rng.integers(1, 100, 30)})
+    ref = {"val_acc": 0.0, "params": 100}
+    curve = hypervolume_curve(df, ref)
+    assert len(curve) == 25 and (np.diff(curve["hypervolume"]) >= 0).all()
+    assert curve["hypervolume"].iloc[-1] == pytest.approx(hypervolume(df, ref))
+    assert curve["number"].is_monotonic_increasing
+
+
+def test_plot_lm_coefficients_of_a_model(tmp_path: Path) -> None:
+    from lmsearch.analysis import lm_coefficients
+
+    class Step(torch.nn.Module):
+        def __init__(self, k: float) -> None:
+            super().__init__()
+            self.k = torch.nn.Parameter(torch.tensor(k))
+
+    net = torch.nn.Sequential(*(Step(v) for v in (-0.05, 0.1, 0.4)))
+    _assert_png(plot_lm_coefficients(lm_coefficients(net), tmp_path / "k.png", title="k_n"))

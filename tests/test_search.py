@@ -1,0 +1,169 @@
+"""End-to-end searches through the CLI, as a user runs them, on tiny Fashion-MNIST budgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from lmsearch.nn.counting import count_params
+
+import lmsearch
+from lmsearch.arch import ArchSpec
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
+                       and not os.environ.get("LMSEARCH_DATA"), reason="Fashion-MNIST not installed"),
+]
+
+TINY = """
+name: {name}
+dataset: {{name: fashion-mnist, subset: 256}}
+budget: {{epochs: {epochs}}}
+architecture:
+  scheme: [euler, lm]
+  depth: [8, 14]
+  width: 4
+training:
+  lr: {{low: 0.05, high: 0.1}}
+  batch_size: 64
+search: {{sampler: random, num_samples: {n}, seed: 1, max_concurrent: {concurrent}}}
+resources: {{cpu: 1, max_failures: 0}}
+"""
+
+
+def write_space(tmp_path: Path, name: str, *, n: int, epochs: int = 1, concurrent: int = 2) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(TINY.format(name=name, n=n, epochs=epochs, concurrent=concurrent)))
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmsearch", *args], capture_output=True, text=True,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}, timeout=300, **kwargs)
+
+
+def study_trials(exp_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp_dir / 'study.db'}")
+    return study.get_trials(deepcopy=False)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("search")
+    space = write_space(tmp, "tiny", n=5)
+    # Trial number 1 raises at its first epoch: it must be recorded FAILED and the search go on.
+    proc = cli("search", str(space), "--out", str(tmp / "exp"), env={"LMSEARCH_FAULTS": "raise@1:1"})
+    return tmp / "exp", proc
+
+
+def test_search_cli_writes_a_complete_experiment(finished: tuple[Path, subprocess.CompletedProcess]) -> None:
+    exp, proc = finished
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Pareto front" in proc.stdout
+    for name in ("space.yaml", "experiment.json", "trials.csv", "curves.csv", "pareto.csv", "study.db"):
+        assert (exp / name).is_file(), name
+    assert json.loads((exp / "experiment.json").read_text())["status"] == "finished"
+    df = lmsearch.load_results(exp)
+    assert len(df) == 5 and sorted(df["number"]) == [0, 1, 2, 3, 4]
+    assert df.set_index("number").loc[1, "state"] == "FAILED"
+    assert "injected fault" in df.set_index("number").loc[1, "error"]
+    done = df[df.state == "COMPLETE"]
+    assert len(done) == 4
+    # parameters were counted before training, from the exact architecture trained
+    for _, row in done.iterrows():
+        assert row["params"] == count_params(ArchSpec.from_json(row["arch_json"]))
+        assert row["in_channels"] == 1 and row["epochs_run"] == 1
+        assert 0.0 < row["val_acc"] <= 1.0 and 0.0 < row["test_acc"] <= 1.0
+    curves = lmsearch.load_curves(exp)
+    assert set(curves.trial_id) >= set(done.trial_id)
+
+
+def test_persisted_study_agrees_with_trials_table(finished: tuple[Path, subprocess.CompletedProcess]) -> None:
+    exp, _ = finished
+    df = lmsearch.load_results(exp).set_index("number")
+    trials = study_trials(exp, "tiny")
+    assert len(trials) == 5
+    for t in trials:
+        row = df.loc[t.number]
+        if row["state"] == "COMPLETE":
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert t.values == pytest.approx([row["val_acc"], row["params"]])
+        else:
+            assert t.state == optuna.trial.TrialState.FAIL
+        assert t.user_attrs["ray_trial_id"] == row["trial_id"]
+
+
+def test_front_is_the_nondominated_complete_trials(finished: tuple[Path, subprocess.CompletedProcess]) -> None:
+    exp, _ = finished
+    df = lmsearch.load_results(exp)
+    front = pd.read_csv(exp / "pareto.csv")
+    done = df[df.state == "COMPLETE"]
+    expected = {r.trial_id for r in done.itertuples()
+                if not any((o.val_acc >= r.val_acc and o.params <= r.params)
+                           and (o.val_acc > r.val_acc or o.params < r.params) for o in done.itertuples())}
+    assert set(front.trial_id) == expected
+
+
+def test_existing_experiment_is_not_overwritten(finished: tuple[Path, subprocess.CompletedProcess]) -> None:
+    exp, _ = finished
+    proc = cli("search", str(exp / "space.yaml"), "--out", str(exp))
+    assert proc.returncode == 2 and "already holds an experiment" in proc.stderr and "--resume" in proc.stderr
+
+
+def test_bad_space_fails_before_ray_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("architecture: {scheme: [euler, heun]}\n")
+    proc = cli("search", str(bad), "--out", str(tmp_path / "exp"))
+    assert proc.returncode == 2
+    assert f"{bad}: architecture.scheme[1]: 'heun' is not allowed" in proc.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+def test_missing_output_parent_is_an_error(tmp_path: Path) -> None:
+    space = write_space(tmp_path, "tiny", n=1)
+    proc = cli("search", str(space), "--out", str(tmp_path / "no" / "such" / "exp"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+    space = write_space(tmp_path, "resumable", n=4, epochs=2, concurrent=1)
+    exp = tmp_path / "exp"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen([sys.executable, "-m", "lmsearch", "search", str(space), "--out", str(exp)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 240
+    before = None
+    while time.time() < deadline and driver.poll() is None:
+        if (exp / "trials.csv").exists():
+            df = lmsearch.load_results(exp)
+            if (df.state == "COMPLETE").sum() >= 1:
+                before = df[df.state == "COMPLETE"].copy()
+                break
+        time.sleep(0.5)
+    assert before is not None, "no trial finished in time"
+    driver.send_signal(signal.SIGINT)  # Ctrl-C
+    driver.wait(timeout=120)
+    meta = json.loads((exp / "experiment.json").read_text())
+    assert meta["status"] == "interrupted"
+
+    proc = cli("search", str(space), "--out", str(exp), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = lmsearch.load_results(exp)
+    assert len(after) == 4 and (after.state == "COMPLETE").all()
+    kept = after.set_index("trial_id").loc[before.trial_id]
+    # the finished trials were not trained again: same metrics, same wall time
+    assert list(kept.val_acc) == list(before.val_acc)
+    assert list(kept.wall_time_s) == list(before.wall_time_s)
+    trials = study_trials(exp, "resumable")
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert json.loads((exp / "experiment.json").read_text())["status"] == "finished"

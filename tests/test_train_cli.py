@@ -1,0 +1,117 @@
+"""``lmsearch train`` run as a user runs it: the console entry point on real files (one run as a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                                   reason=f"Fashion-MNIST is not installed in {FASHION_DIR} "
+                                          "(apt-get install dataset-fashion-mnist)")
+
+
+def lmsearch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmsearch", "train", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300, env={k: v for k, v in os.environ.items() if k != "LMSEARCH_DATA"})
+
+
+def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """``lmsearch train ARGS`` in this process (the same entry point as the console script)."""
+    from lmsearch.cli import main
+
+    try:
+        code = main(["train", *args])
+    except SystemExit as exc:  # argparse (--help, usage errors)
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_has_examples(capsys: pytest.CaptureFixture) -> None:
+    code, stdout, _ = cli(capsys, "--help")
+    assert code == 0
+    for text in ("MODEL|ARCH.json", "--dataset", "--epochs", "--subset", "--save", "--device", "examples:",
+                 "lmsearch train lm_resnet20"):
+        assert text in stdout
+
+
+def test_cli_names_and_defaults_match_the_library() -> None:
+    import dataclasses
+
+    from lmsearch.cli import train_cmd
+    from lmsearch.data import DATASETS
+    from lmsearch.train import SCHEDULES, TrainConfig
+
+    assert train_cmd.DATASET_NAMES == tuple(DATASETS) and train_cmd.SCHEDULE_NAMES == SCHEDULES
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert {k: defaults[k] for k in train_cmd.DEFAULTS} == train_cmd.DEFAULTS
+
+
+@needs_fashion
+def test_train_spec_json_on_fashion_mnist_and_save(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps({"scheme": "lm", "depth": 14, "width": 8, "in_channels": 3, "num_classes": 7}))
+    out = lmsearch(str(spec), "--epochs", "1", "--subset", "600", "--val-fraction", "0.02", "--batch-size", "64",
+                   "--threads", "2", "--no-progress", "--save", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    assert "in_channels 3 -> 1, num_classes 7 -> 10" in out.stderr  # adapted to the dataset
+    lines = out.stdout.splitlines()
+    assert "fashion-mnist: 600 train / 1200 val / 10000 test images" in lines[0]
+    assert any(line.startswith("epoch 1/1") and "val_acc" in line and "img/s" in line for line in lines)
+    assert any(line.startswith("test accuracy") and "(10000 images)" in line for line in lines)
+    assert (tmp_path / "out" / "arch.json").is_file() and (tmp_path / "out" / "model.safetensors").is_file()
+
+    from lmsearch.export import load_architecture
+
+    model = load_architecture(tmp_path / "out")
+    assert (model.spec.scheme, model.spec.depth, model.spec.in_channels, model.spec.num_classes) == ("lm", 14, 1, 10)
+    assert model.metadata["metrics"]["test_acc"] > 0.1 and model.metadata["provenance"]["dataset"] == "fashion-mnist"
+
+    # the export directory is itself a MODEL; --init-weights continues from its weights
+    code, stdout, stderr = cli(capsys, str(tmp_path / "out"), "--epochs", "1", "--subset", "200",
+                               "--val-fraction", "0.02", "--lr", "0.01", "--init-weights", "--threads", "2")
+    assert code == 0, stderr
+    assert "test accuracy" in stdout and "adapted" not in stderr
+
+
+def test_zoo_model_on_synthetic(capsys: pytest.CaptureFixture) -> None:
+    code, stdout, stderr = cli(capsys, "resnet20", "--dataset", "synthetic", "--epochs", "1", "--subset", "128",
+                               "--batch-size", "64")
+    assert code == 0, stderr
+    assert "training zoo:resnet20" in stdout and "test accuracy" in stdout
+
+
+def test_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = cli(capsys, "no_such_net", "--dataset", "synthetic")
+    assert code == 2 and "zoo models:" in err and "resnet20" in err
+
+    code, _, err = cli(capsys, "resnet20", "--data-dir", str(tmp_path / "empty"))
+    assert code == 2 and "apt-get install dataset-fashion-mnist" in err
+    assert str(tmp_path / "empty") in err and "Traceback" not in err
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"scheme": "lm", "depth": 15}')
+    code, _, err = cli(capsys, str(bad), "--dataset", "synthetic")
+    assert code == 2 and "not a valid ArchSpec" in err and "depth" in err
+
+    code, _, err = cli(capsys, str(tmp_path / "missing.json"))
+    assert code == 2 and "no such file" in err
+
+    code, _, err = cli(capsys, "resnet20", "--init-weights", "--dataset", "synthetic")
+    assert code == 2 and "--init-weights needs an export directory" in err
+
+    code, _, err = cli(capsys, "resnet20", "--dataset", "synthetic", "--lr", "-1")
+    assert code == 2 and "lr must be > 0" in err
+
+
+def test_divergence_exits_1_and_saves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = cli(capsys, "resnet20", "--dataset", "synthetic", "--subset", "256", "--epochs", "2",
+                       "--lr", "1e6", "--save", str(tmp_path / "out"))
+    assert code == 1 and "diverged at epoch" in err and "nothing saved" in err
+    assert not (tmp_path / "out").exists()
