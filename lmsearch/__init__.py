@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "load_space": "lmsearch.space",
     "run_search": "lmsearch.search",
     "load_results": "lmsearch.results",
+    "load_curves": "lmsearch.results",
     "pareto_front": "lmsearch.pareto",
     "hypervolume": "lmsearch.pareto",
     "save_architecture": "lmsearch.export",

@@ -376,8 +376,12 @@ def _retrain(spec: ArchSpec, row: Any, epochs: int, device: str | None, data_roo
         torch.manual_seed(int(seed))
     data = load_dataset(dataset, root=data_root, val_fraction=0.0, seed=split_seed, subset=None)
     model = _build_model(spec)
-    hyper = {k: _clean(row.get(k)) for k in ("lr", "weight_decay", "batch_size")}
-    hyper = {k: v for k, v in hyper.items() if v is not None}
+    recipe = _clean(row.get("train_json"))
+    if recipe:  # the whole training recipe of the trial
+        hyper = dict(json.loads(recipe))
+    else:
+        hyper = {k: _clean(row.get(k)) for k in ("lr", "weight_decay", "batch_size")}
+        hyper = {k: v for k, v in hyper.items() if v is not None}
     if seed is not None:
         hyper["seed"] = int(seed)
     config = TrainConfig(epochs=epochs, device=device or "auto", **hyper)

@@ -46,6 +46,7 @@ def trial_row(trial: Trial, space: SearchSpace) -> dict[str, Any]:
     row.update({k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in spec.items()})
     row["arch_json"] = json.dumps(spec, sort_keys=True)
     row.update({k: config["train"].get(k) for k in ("lr", "weight_decay", "batch_size")})
+    row["train_json"] = json.dumps(config["train"], sort_keys=True)
     row.update(
         epochs=space.epochs,
         params=config.get("params"),

@@ -31,6 +31,7 @@ scheme .. stem              see below   every ArchSpec field
 arch_json                   string      the full ArchSpec as JSON
 lr, weight_decay            float64     hyperparameters
 batch_size, epochs          Int64       batch size, epoch budget
+train_json                  string      the trial's whole training recipe (TrainConfig fields) as JSON
 params, flops               Int64       parameters, forward FLOPs of one image
 val_acc, val_loss           float64     final validation accuracy (0..1), loss
 test_acc                    float64     test accuracy, COMPLETE trials only
@@ -144,6 +145,7 @@ TRIAL_DTYPES: dict[str, str] = {
     "weight_decay": _FLOAT,
     "batch_size": _INT,
     "epochs": _INT,
+    "train_json": _STR,
     "params": _INT,
     "flops": _INT,
     "val_acc": _FLOAT,

@@ -123,6 +123,9 @@ def _experiment_meta(space: SearchSpace, status: str, created: str | None = None
 def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool, node_ip: str | None,
          verbose: int) -> Path:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep the classic reporter, cut to useful columns
+    # Every epoch checkpoint forces an experiment snapshot (num_to_keep below): wanted, so a killed
+    # driver loses at most the epoch in flight; Ray warns about it, which is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
 
@@ -161,7 +164,8 @@ def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=space.num_samples,
-                                            scheduler=_scheduler(space, exp_dir), reuse_actors=True),
+                                            scheduler=_scheduler(space, exp_dir), reuse_actors=True,
+                                            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
                 run_config=run_config,
             )
         grid = tuner.fit()
@@ -178,6 +182,11 @@ def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool
     results.write_pareto(exp_dir, front)
     _print_front(front, exp_dir, status)
     return exp_dir
+
+
+def trial_name(trial: Any) -> str:
+    """Short trial names and folders: ``trial_<id>`` instead of Ray's config-laden default."""
+    return f"trial_{trial.trial_id}"
 
 
 def _unfinished(exp_dir: Path) -> bool:
@@ -198,7 +207,8 @@ def _reporter(space: SearchSpace) -> Any:
     from ray import tune
 
     return tune.CLIReporter(
-        parameter_columns={"scheme": "scheme", "block": "block", "noise": "noise"},
+        parameter_columns={"spec/scheme": "scheme", "spec/depth": "depth", "spec/width": "width",
+                           "spec/noise": "noise"},
         metric_columns={"epoch": "epoch", "params": "params", "val_acc": "val_acc", "status": "status"},
         max_report_frequency=30,
         sort_by_metric=False,

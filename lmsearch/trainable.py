@@ -10,6 +10,7 @@ with the exported model (arch.json + model.safetensors).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import socket
 import tempfile
@@ -57,6 +58,7 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any) -> Non
     from lmsearch.train import Trainer
 
     torch.set_num_threads(max(1, int(space.cpu)))
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
     spec = ArchSpec.from_dict(config["spec"])
     where = _ray_context()
     fixed = {"params": config["params"], "epochs": space.epochs, **where}

@@ -129,10 +129,8 @@ def test_lm_coefficients_of_a_hand_built_model() -> None:
 
 
 def _build_model():
-    try:
-        from lmsearch.nn.network import build_model
-    except ImportError:
-        pytest.skip("lmsearch.nn.network.build_model is not available yet")
+    from lmsearch.nn.network import build_model
+
     return build_model
 
 

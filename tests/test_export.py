@@ -26,40 +26,8 @@ from lmsearch.results import trial_row, write_experiment, write_trials_table
 LMSEARCH = str(Path(sys.executable).with_name("lmsearch"))
 
 
-def _real_builder():
-    try:
-        from lmsearch.nn.network import build_model
-    except ImportError:
-        return None
-    return build_model
-
-
-class _StandIn(torch.nn.Module):
-    """A small net shaped by the spec, with a tied and a non-contiguous parameter (used until nn lands)."""
-
-    def __init__(self, spec: ArchSpec) -> None:
-        super().__init__()
-        w = spec.width
-        self.stem = torch.nn.Conv2d(spec.in_channels, w, 3, padding=1)
-        self.bn = torch.nn.BatchNorm2d(w)
-        self.k = torch.nn.Parameter(torch.empty(sum(spec.steps_per_stage)).uniform_(-0.1, 0.0))
-        self.mix = torch.nn.Parameter(torch.randn(w, w).t())  # non-contiguous
-        self.head = torch.nn.Linear(w, spec.num_classes)
-        self.head_tied = self.head  # shared storage in the state dict
-        self.spec = spec
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn(self.stem(x))).mean((2, 3))
-        return self.head(h @ self.mix * (1 + self.k.sum()))
-
-
-@pytest.fixture(params=["stand-in", "real"])
-def spec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ArchSpec:
-    if request.param == "real":
-        if _real_builder() is None:
-            pytest.skip("lmsearch.nn.network.build_model is not available yet")
-    else:
-        monkeypatch.setattr(export, "_build_model", _StandIn)
+@pytest.fixture
+def spec() -> ArchSpec:
     return ArchSpec(scheme="lm", depth=14, width=4, in_channels=1)  # 2 steps per stage: one LM step each
 
 
@@ -233,8 +201,6 @@ def test_export_cli_reports_missing_weights(tmp_path: Path) -> None:
 
 
 def test_export_cli_writes_a_loadable_export(tmp_path: Path) -> None:
-    if _real_builder() is None:
-        pytest.skip("lmsearch.nn.network.build_model is not available yet")
     exp, specs = _experiment(tmp_path, with_weights=True)
     proc = subprocess.run([LMSEARCH, "export", str(exp), "--max-params", "3000", "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=300)

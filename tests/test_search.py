@@ -14,10 +14,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from lmsearch.nn.counting import count_params
 
 import lmsearch
 from lmsearch.arch import ArchSpec
+from lmsearch.nn.counting import count_params
 
 pytestmark = [
     pytest.mark.slow,

@@ -57,7 +57,10 @@ def function_width(spec: ArchSpec, stage: int, out_channels: int) -> int:
     return inner
 
 
-def _unit(preact: bool, in_channels: int, out_channels: int, kernel: int, stride: int, groups: int, last: bool, i: int):
+def _unit(
+    preact: bool, in_channels: int, out_channels: int, kernel: int, stride: int, groups: int, last: bool, i: int
+) -> list[tuple[str, nn.Module]]:
+    """One BN-ReLU-conv (pre-activation) or conv-BN[-ReLU] (post-activation) unit, layers numbered ``i``."""
     if preact:
         return [(f"bn{i}", nn.BatchNorm2d(in_channels)), (f"relu{i}", nn.ReLU(inplace=True)),
                 (f"conv{i}", conv_layer(in_channels, out_channels, kernel, stride, groups))]

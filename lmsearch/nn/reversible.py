@@ -91,8 +91,8 @@ def _bn_stats_kept(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         with torch.no_grad():
-            for m, buffers in zip(bns, saved):
-                for b, old in zip(m.buffers(), buffers):
+            for m, buffers in zip(bns, saved, strict=True):
+                for b, old in zip(m.buffers(), buffers, strict=True):
                     b.copy_(old)
 
 
@@ -125,26 +125,27 @@ class _ReversibleSequence(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         y = y.detach()
         step_grads: list[list[Tensor | None]] = []
-        for step, rng in zip(reversed(ctx.steps), reversed(ctx.rng)):
+        for step, rng in zip(reversed(ctx.steps), reversed(ctx.rng), strict=True):
             params = [p for p in step.parameters() if p.requires_grad]
             y1, y2 = y.chunk(2, dim=1)
             gy1, gy2 = grad.chunk(2, dim=1)
             replay_f, replay_g = (r.replay() for r in rng) if rng else (contextlib.nullcontext(),) * 2
-            with _bn_stats_kept(step), torch.enable_grad():
-                z1 = y1.detach().requires_grad_()
-                with replay_g:
-                    gz = step.g(z1)
-                x2 = (y2 - gz.detach()).requires_grad_()
-                with replay_f:
-                    fx = step.f(x2)
-            g_z1, *g_params_g = torch.autograd.grad(gz, (z1, *params), gy2, allow_unused=True)
-            gx1 = gy1 + g_z1
-            g_x2, *g_params_f = torch.autograd.grad(fx, (x2, *params), gx1, allow_unused=True)
+            with _bn_stats_kept(step):  # BN's backward reads its running stats: restore after the grads
+                with torch.enable_grad():
+                    z1 = y1.detach().requires_grad_()
+                    with replay_g:
+                        gz = step.g(z1)
+                    x2 = (y2 - gz.detach()).requires_grad_()
+                    with replay_f:
+                        fx = step.f(x2)
+                g_z1, *g_params_g = torch.autograd.grad(gz, (z1, *params), gy2, allow_unused=True)
+                gx1 = gy1 + g_z1
+                g_x2, *g_params_f = torch.autograd.grad(fx, (x2, *params), gx1, allow_unused=True)
             gx2 = gy2 + g_x2
             x1 = y1 - fx.detach()
             y = torch.cat((x1, x2.detach()), dim=1)
             grad = torch.cat((gx1, gx2), dim=1)
-            summed = iter([a if b is None else b if a is None else a + b for a, b in zip(g_params_g, g_params_f)])
+            summed = iter([a if b is None else b if a is None else a + b for a, b in zip(g_params_g, g_params_f, strict=True)])
             step_grads.append([next(summed) if p.requires_grad else None for p in step.parameters()])
         flat = [g for grads in reversed(step_grads) for g in grads]
         return (grad, None, *flat)
