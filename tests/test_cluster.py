@@ -94,21 +94,31 @@ def test_search_spreads_trials_over_both_nodes(two_node_cluster: str, tmp_path: 
     space = tmp_path / "cluster.yaml"
     space.write_text(textwrap.dedent("""
         name: cluster
-        dataset: {name: fashion-mnist, subset: 256}
-        budget: {epochs: 2}
+        dataset: {name: fashion-mnist, subset: 1024}
+        budget: {epochs: 3}
         architecture: {scheme: [euler, lm], depth: [8, 14], width: 4}
         training: {batch_size: 64}
         search: {sampler: grid}
         resources: {cpu: 1}
     """))
     before = non_loopback_peers()
-    proc = subprocess.run([sys.executable, "-m", "lmsearch", "search", str(space), "--out", str(tmp_path / "exp"),
-                           "--address", two_node_cluster, "--quiet"],
-                          capture_output=True, text=True, env=ENV, timeout=400)
+    seen: set[str] = set()
+    search = subprocess.Popen([sys.executable, "-m", "lmsearch", "search", str(space), "--out",
+                               str(tmp_path / "exp"), "--address", two_node_cluster, "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 400
+    while search.poll() is None and time.time() < deadline:
+        seen |= non_loopback_peers() - before  # sampled while the trials run
+        time.sleep(0.5)
+    if search.poll() is None:
+        search.kill()
+    stdout, stderr = search.communicate()
+    proc = subprocess.CompletedProcess(search.args, search.returncode, stdout, stderr)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = lmsearch.load_results(tmp_path / "exp")
     assert len(df) == 4 and (df.state == "COMPLETE").all()
     assert df.node_id.nunique() == 2, df[["number", "node_id", "hostname"]]
     assert df.hostname.notna().all()
     assert (tmp_path / "exp" / "pareto.csv").stat().st_size > 0
-    assert non_loopback_peers() <= before, "a connection left the loopback range"
+    assert not seen, f"connections left the loopback range: {seen}"
+    print("node split:", df.groupby("node_id").number.apply(list).to_dict())

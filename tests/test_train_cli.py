@@ -111,7 +111,8 @@ def test_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_divergence_exits_1_and_saves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, _, err = cli(capsys, "resnet20", "--dataset", "synthetic", "--subset", "256", "--epochs", "2",
-                       "--lr", "1e6", "--save", str(tmp_path / "out"))
-    assert code == 1 and "diverged at epoch" in err and "nothing saved" in err
+    code, out, err = cli(capsys, "resnet20", "--dataset", "synthetic", "--subset", "256", "--epochs", "2",
+                         "--batch-size", "32", "--lr", "1e12", "--save", str(tmp_path / "out"))
+    assert code == 1 and "diverged at epoch 1" in err and "nothing saved" in err
+    assert "train_loss nan" in out and "test accuracy" not in out
     assert not (tmp_path / "out").exists()

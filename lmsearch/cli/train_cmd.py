@@ -164,7 +164,7 @@ def _fmt(value: float | None, pattern: str) -> str:
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:
     acc = "-" if m["val_acc"] is None or math.isnan(m["val_acc"]) else f"{100 * m['val_acc']:.2f}%"
     width = len(str(epochs))
-    return (f"epoch {m['epoch']:>{width}}/{epochs}  train_loss {_fmt(m['train_loss'], '.4f')}  "
+    return (f"epoch {m['epoch']:>{width}}/{epochs}  train_loss {m['train_loss']:.4f}  "
             f"val_loss {_fmt(m['val_loss'], '.4f')}  val_acc {acc:>7}  lr {m['lr']:.4g}  "
             f"{m['images_per_s']:,.0f} img/s  {m['seconds']:.1f} s")
 

@@ -230,7 +230,7 @@ class _LMCombine(torch.autograd.Function):
     def forward(ctx, x: Tensor, x_prev: Tensor, f: Tensor, k: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, x_prev, k)
         mixed = torch.lerp(x, x_prev, k)  # (1 - k) x + k x_prev in one kernel
-        return mixed.add_(f) if torch.result_type(mixed, f) == mixed.dtype else mixed + f
+        return mixed.add_(f) if f.dtype == mixed.dtype else mixed + f
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
@@ -246,7 +246,7 @@ def lm_combine(x: Tensor, x_prev: Tensor, f: Tensor, k: Tensor) -> Tensor:
     if k.dim() == 0:
         return _LMCombine.apply(x, x_prev, f, k)
     mixed = torch.lerp(x, x_prev, k)
-    return mixed.add_(f) if torch.result_type(mixed, f) == mixed.dtype else mixed + f
+    return mixed.add_(f) if f.dtype == mixed.dtype else mixed + f
 
 
 @register_scheme
