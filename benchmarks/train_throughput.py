@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="Goals on a CPU: ratio >= 1.7x and >= 60%% of the fp32 matmul peak for ResNet-20.",
+    p = argparse.ArgumentParser(description=__doc__,
+                                epilog="Goals on a CPU: ratio >= 1.7x and >= 60% of the fp32 matmul peak for ResNet-20.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet20", "lm_resnet56"], help="zoo names (default: %(default)s)")
     p.add_argument("--batches", type=int, default=20, help="batches per timed pass (default %(default)s; 2 passes each)")
