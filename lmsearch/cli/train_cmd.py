@@ -210,7 +210,7 @@ def _train(args: argparse.Namespace) -> int:
             print(f"lmsearch train: nothing saved to {args.save} (the run diverged)", file=sys.stderr)
         return 1
     print(f"test accuracy {100 * result.test_acc:.2f}% ({len(data.test)} images), test loss "
-          f"{result.test_loss:.4f}; {result.epochs} epochs in {result.seconds:.1f} s", flush=True)
+          f"{result.test_loss:.4f}; {result.epochs} epoch{'s' * (result.epochs != 1)} in {result.seconds:.1f} s", flush=True)
     if args.save:
         from lmsearch.export import save_architecture
 
