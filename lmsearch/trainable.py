@@ -14,6 +14,7 @@ import logging
 import math
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,9 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any) -> Non
                 metrics.update(status=STATUS_DIVERGED, message=f"diverged at epoch {epoch_metrics['epoch']} "
                                                                 "(non-finite loss)")
             elif last:
+                started = time.perf_counter()
                 metrics.update(status="completed", test_acc=trainer.evaluate("test")["acc"])
+                metrics["wall_time_s"] += time.perf_counter() - started  # the test pass is the trial's work too
                 save_architecture(model, spec, d, metadata={
                     "metrics": {k: metrics.get(k) for k in ("val_acc", "val_loss", "test_acc", "params", "flops")},
                     "provenance": {"experiment": space.name, "trial_number": config["number"],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -12,15 +10,6 @@ from lmsearch.arch import ArchSpec
 from lmsearch.nn.network import build_model
 from lmsearch.nn.noise import ShakeShake, StochasticDepth, survival_probability
 from lmsearch.nn.schemes import LMScheme
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny nets: one intra-op thread (OpenMP spinning on a shared 2-core machine is ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_survival_falls_linearly_to_p_L() -> None:

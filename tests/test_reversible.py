@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,15 +13,6 @@ from lmsearch.arch import ArchSpec
 from lmsearch.nn.network import build_model
 from lmsearch.nn.reversible import couple, reversible_sequence, uncouple
 from lmsearch.nn.schemes import ReversibleStage, RevScheme
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny nets: one intra-op thread (OpenMP spinning on a shared 2-core machine is ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _rev(depth: int = 26, **kwargs) -> nn.Module:

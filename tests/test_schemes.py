@@ -7,7 +7,7 @@ never call a scheme's ``forward``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -17,15 +17,6 @@ from lmsearch.arch import ArchSpec
 from lmsearch.nn import registry
 from lmsearch.nn.network import build_model
 from lmsearch.nn.schemes import EulerScheme, LMScheme, PolyScheme, Scheme, StepContext, lm_combine
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny nets: one intra-op thread (OpenMP spinning on a shared 2-core machine is ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _randomise(model: nn.Module, k_range: tuple[float, float] = (-0.6, 0.6)) -> nn.Module:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,6 @@ from lmsearch.arch import ArchSpec
 from lmsearch.nn.counting import count_flops, count_params, default_input_size
 from lmsearch.nn.network import build_model
 from lmsearch.nn.zoo import MODELS, create_model, list_models, model_spec
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny nets: one intra-op thread (OpenMP spinning on a shared 2-core machine is ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # name -> (published count in millions as printed in the paper, exact reference count or None)
 PUBLISHED = {
@@ -162,3 +151,19 @@ def test_create_model_from_a_directory_delegates_to_load_architecture(tmp_path: 
     assert calls == [str(tmp_path), tmp_path]
     with pytest.raises(ValueError, match="overrides cannot be applied"):
         create_model(tmp_path, num_classes=3)
+
+
+def test_models_cli_lists_the_zoo_with_counts() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "lmsearch", "models", "resnet20"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    assert {"resnet20", "lm_resnet20", "preact_resnet20", "lm_preact_resnet20"} <= set(lines)
+    assert lines["resnet20"][-1] == "269,722"
+    assert lines["lm_resnet20"][1] == "lm"
+    missing = subprocess.run([sys.executable, "-m", "lmsearch", "models", "vgg"], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 1 and "no model name contains 'vgg'" in missing.stdout

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue  # verb not built yet
-        p = sub.add_parser(verb, help=module.HELP, description=module.HELP,
+        summary = module.HELP.strip().split("\n")[0].split(". ")[0].rstrip(".")
+        p = sub.add_parser(verb, help=summary, description=module.HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

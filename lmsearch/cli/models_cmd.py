@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "list the model zoo (name, scheme, depth, width, block, parameters)"
+HELP = "List the model zoo: name, scheme, depth, width, block, parameters."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

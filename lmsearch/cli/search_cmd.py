@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "run (or --resume) an architecture search from a search-space YAML file"
+HELP = "Run (or --resume) an architecture search from a search-space YAML file."
 
 EPILOG = """\
 examples:
