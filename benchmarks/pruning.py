@@ -53,6 +53,7 @@ def record(space: Path, out: Path) -> None:
     import lmsearch
 
     exp = out / "pruning-record"
+    out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "lmsearch", "search", str(space), "--out", str(exp)]
     if (exp / "experiment.json").exists():
         cmd.append("--resume")

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 
 from lmsearch.arch import ArchSpec
+from lmsearch.atomic import atomic_write, atomic_write_text
 
 __all__ = [
     "FORMAT",
@@ -82,19 +82,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write_bytes_via(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -191,11 +178,11 @@ def save_architecture(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_FILE
-    _atomic_write_bytes_via(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
     doc = {"format": FORMAT, "version": VERSION, "spec": spec.to_dict(), "weights": WEIGHTS_FILE,
            "sha256": _sha256(weights), **extra}
     text = json.dumps(doc, indent=2) + "\n"
-    _atomic_write_bytes_via(out / ARCH_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_text(out / ARCH_FILE, text)
     return out
 
 

@@ -72,13 +72,14 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from lmsearch.atomic import atomic_write_text
 
 __all__ = [
     "ARCH_COLUMNS",
@@ -198,22 +199,6 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _rows_as_dicts(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> list[Mapping[str, Any]]:
     if isinstance(rows, pd.DataFrame):
         return rows.to_dict(orient="records")
@@ -233,7 +218,7 @@ def _write_table(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str,
                 f"{path.name}: row {i} has unknown column(s) {unknown}; the columns are {list(columns)}"
             )
         writer.writerow([_cell(row.get(c)) for c in columns])
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def trial_row(spec: Any, **fields: Any) -> dict[str, Any]:
@@ -268,7 +253,7 @@ def trial_row(spec: Any, **fields: Any) -> dict[str, Any]:
 
 def write_experiment(exp_dir: PathLike, meta: Mapping[str, Any]) -> None:
     """Write (or replace) ``experiment.json`` atomically. ``meta`` must be JSON-serialisable."""
-    _atomic_write_text(Path(exp_dir) / EXPERIMENT_FILE, json.dumps(dict(meta), indent=2) + "\n")
+    atomic_write_text(Path(exp_dir) / EXPERIMENT_FILE, json.dumps(dict(meta), indent=2) + "\n")
 
 
 def write_trials_table(exp_dir: PathLike, rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> Path:

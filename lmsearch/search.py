@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import shutil
@@ -22,7 +23,7 @@ from typing import Any
 from lmsearch import results
 from lmsearch.cluster import DEFAULT_NODE_IP, init_ray
 from lmsearch.lock import ExperimentLock
-from lmsearch.space import SearchSpace, load_space
+from lmsearch.space import PRUNERS, SearchSpace, load_space
 
 __all__ = ["run_search", "SearchError", "experiment_dir"]
 
@@ -65,7 +66,11 @@ def _load_for_run(space_path: str | Path, exp_dir: Path, resume: bool, name: str
     copy = exp_dir / SPACE_COPY
     if resume and copy.is_file():
         # A resumed search must keep the space it started with (Ray Tune and Optuna both expect it).
-        space = load_space(copy, name=name or results.read_experiment(exp_dir).get("name"))
+        meta = results.read_experiment(exp_dir)
+        space = load_space(copy, name=name or meta.get("name"))
+        # the command-line overrides of the first run (--num-samples, --pruner) stay in force
+        space = dataclasses.replace(space, num_samples=meta.get("num_samples", space.num_samples),
+                                    pruner=meta.get("pruner", space.pruner))
         if Path(space_path).resolve() != copy.resolve() and Path(space_path).read_text() != copy.read_text():
             print(f"lmsearch: resuming with the space saved in {copy}; {space_path} differs and is ignored",
                   file=sys.stderr)
@@ -79,6 +84,7 @@ def run_search(
     out: str | Path | None = None,
     results_root: str | Path = "results",
     num_samples: int | None = None,
+    pruner: str | None = None,
     address: str | None = None,
     resume: bool = False,
     node_ip: str | None = DEFAULT_NODE_IP,
@@ -91,6 +97,7 @@ def run_search(
         space_path: a YAML search-space file (see ``search_spaces/``).
         out: the experiment folder (default ``results_root/<space name>``).
         num_samples: number of trials (default: the file's ``search.num_samples``).
+        pruner: replaces the file's ``search.pruner`` (its name; default parameters).
         address: a Ray cluster to join (``"auto"`` or ``"host:port"``); None starts a
             local node bound to ``node_ip`` (a loopback address by default).
         resume: continue an interrupted search in ``out``: finished trials are kept,
@@ -104,7 +111,11 @@ def run_search(
         if num_samples is not None:
             if num_samples < 1:
                 raise SearchError(f"--num-samples must be >= 1; got {num_samples}")
-            object.__setattr__(space, "num_samples", num_samples)
+            space = dataclasses.replace(space, num_samples=num_samples)
+        if pruner is not None:
+            if pruner not in PRUNERS:
+                raise SearchError(f"--pruner must be one of {', '.join(PRUNERS)}; got {pruner!r}")
+            space = dataclasses.replace(space, pruner={"name": pruner})
         if not resume:
             shutil.copyfile(space_path, exp_dir / SPACE_COPY)
         return _run(space, exp_dir, address=address, resume=resume, node_ip=node_ip, verbose=verbose)

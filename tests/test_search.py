@@ -167,3 +167,20 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path: 
     trials = study_trials(exp, "resumable")
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert json.loads((exp / "experiment.json").read_text())["status"] == "finished"
+
+
+def test_live_search_with_pareto_pruner_records_pruned_trials(tmp_path: Path) -> None:
+    space = write_space(tmp_path, "pruned", n=6, epochs=4, concurrent=1)  # one at a time: a fixed order
+    proc = cli("search", str(space), "--out", str(tmp_path / "exp"), "--pruner", "pareto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = tmp_path / "exp"
+    df = lmsearch.load_results(exp)
+    pruned = df[df.state == "PRUNED"]
+    assert len(pruned) >= 1 and (pruned.epochs_run < 4).all() and (pruned.epochs_run >= 1).all()
+    assert (df[df.state == "COMPLETE"].epochs_run == 4).all()
+    states = {t.number: t.state for t in study_trials(exp, "pruned")}
+    for number in pruned.number:
+        assert states[number] == optuna.trial.TrialState.PRUNED
+    front = pd.read_csv(exp / "pareto.csv")
+    assert not set(front.trial_id) & set(pruned.trial_id)
+    assert json.loads((exp / "experiment.json").read_text())["pruner"] == {"name": "pareto"}

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="experiment folder (default: results/<name from the space file>)")
     parser.add_argument("--name", help="experiment name (default: the space file's `name`, else its stem)")
     parser.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
+    parser.add_argument("--pruner", choices=("none", "pareto", "median", "percentile", "successive_halving",
+                                             "hyperband"),
+                        help="replace the space file's pruner (default parameters)")
     parser.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local node)")
     parser.add_argument("--node-ip", default="127.0.0.2",
                         help="address the local Ray node binds to (default 127.0.0.2, a loopback address: "
@@ -44,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         run_search(
-            args.space, out=args.out, name=args.name, num_samples=args.num_samples, address=args.address,
+            args.space, out=args.out, name=args.name, num_samples=args.num_samples, pruner=args.pruner,
+            address=args.address,
             resume=args.resume, node_ip=None if args.node_ip == "auto" else args.node_ip,
             verbose=0 if args.quiet else 1,
         )
