@@ -6,7 +6,7 @@ setup:
 
 # The main job: a scheme search on Fashion-MNIST.
 demo: setup
-	.venv/bin/lmsearch search search_spaces/fashion_quick.yaml
+	.venv/bin/lmsearch search search_spaces/fashion_quick.yaml --out results/fashion_quick-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	RAY_AUTH_MODE=disabled .venv/bin/python -m pytest -q

@@ -146,6 +146,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool
     from lmsearch.trainable import make_trainable
 
     created = results.read_experiment(exp_dir).get("created") if resume else None
+    created = created or _dt.datetime.now().isoformat(timespec="seconds")
     results.write_experiment(exp_dir, _experiment_meta(space, "running", created))
     started_here = not ray.is_initialized()
     init_ray(address, node_ip=node_ip)
