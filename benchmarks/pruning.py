@@ -40,12 +40,16 @@ from lmsearch.pruning import PrunerScheduler, make_pruner
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 CURVES = DATA / "pruning_curves.csv"
-POLICIES = {
-    "none": {"name": "none"},
-    "asha": {"name": "successive_halving", "eta": 3, "min_epochs": 1},
-    "median": {"name": "median", "warmup_epochs": 1},
-    "pareto": {"name": "pareto", "eta": 3, "min_epochs": 1},
-}
+
+
+def policies(eta: int, min_epochs: int) -> dict[str, dict]:
+    """The compared pruners; ASHA and pareto share the rungs (eta, min_epochs)."""
+    return {
+        "none": {"name": "none"},
+        "asha": {"name": "successive_halving", "eta": eta, "min_epochs": min_epochs},
+        "median": {"name": "median", "warmup_epochs": min_epochs},
+        "pareto": {"name": "pareto", "eta": eta, "min_epochs": min_epochs},
+    }
 
 
 def record(space: Path, out: Path) -> None:
@@ -132,6 +136,8 @@ def main() -> int:
     rep.add_argument("--curves", type=Path, default=CURVES)
     rep.add_argument("--seeds", type=int, default=10)
     rep.add_argument("--workers", type=int, default=2)
+    rep.add_argument("--eta", type=int, default=3, help="reduction factor of asha and pareto (default 3)")
+    rep.add_argument("--min-epochs", type=int, default=1, help="first rung of asha and pareto (default 1)")
     args = parser.parse_args()
     if args.command == "record":
         record(args.space, args.out)
@@ -150,9 +156,9 @@ def main() -> int:
         return hypervolume_points(np.column_stack([-sub.val_acc, sub.params.astype(float)]), ref) if ids else 0.0
 
     print(f"{len(final)} trials x {budget} epochs, true front {len(true_front)} points, "
-          f"{args.workers} workers, {args.seeds} seeds")
+          f"{args.workers} workers, {args.seeds} seeds, eta {args.eta}, first rung at epoch {args.min_epochs}")
     rows = []
-    for name, policy in POLICIES.items():
+    for name, policy in policies(args.eta, args.min_epochs).items():
         outs = [replay(table, policy, seed, args.workers) for seed in range(args.seeds)]
         rows.append({
             "policy": name,

@@ -78,7 +78,7 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any) -> Non
             tune.report(json.loads(final.read_text()), checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
             return
         try:
-            trainer.load_state_dict(torch.load(state_dir / TRAINER_STATE, weights_only=False))
+            trainer.load_state_dict(torch.load(state_dir / TRAINER_STATE, weights_only=True))
             break
         except (OSError, RuntimeError, EOFError, KeyError):
             continue  # a checkpoint cut short by a killed worker: use the one before

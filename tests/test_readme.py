@@ -1,0 +1,22 @@
+"""The README's Python tour runs as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
+                    reason="Fashion-MNIST not installed")
+def test_python_tour_runs(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"```python\n(import lmsearch\n.*?)```", readme, re.S).group(1)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "completed" in proc.stdout and "rev" in proc.stdout and "first_order" in proc.stdout
