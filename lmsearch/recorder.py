@@ -32,12 +32,16 @@ def _error_text(trial: Trial) -> str:
     return lines[-1][:500] if lines else "trial raised an error"
 
 
-def trial_row(trial: Trial, space: SearchSpace) -> dict[str, Any]:
-    """One row of trials.csv for a Ray trial (see lmsearch.results.TRIAL_COLUMNS)."""
+def trial_row(trial: Trial, space: SearchSpace, ending: str | None = None) -> dict[str, Any]:
+    """One row of trials.csv for a Ray trial (see lmsearch.results.TRIAL_COLUMNS).
+
+    ``ending`` is "complete" or "error" for the trial whose end is being reported:
+    Ray calls back before it updates the trial's status.
+    """
     config, result = trial.config, trial.last_result or {}
-    if trial.status == Trial.ERROR:
+    if trial.status == Trial.ERROR or ending == "error":
         state = FAILED
-    elif trial.status == Trial.TERMINATED:
+    elif trial.status == Trial.TERMINATED or ending == "complete":
         state = trial_outcome(result, errored=False)
     else:
         state = RUNNING
@@ -60,7 +64,8 @@ def trial_row(trial: Trial, space: SearchSpace) -> dict[str, Any]:
         hostname=result.get("hostname"),
         dataset=space.dataset,
         seed=config["train"].get("seed"),
-        error=_error_text(trial) if state == FAILED and trial.status == Trial.ERROR else result.get("message", ""),
+        error=_error_text(trial) if state == FAILED and (trial.status == Trial.ERROR or ending == "error")
+        else result.get("message", ""),
     )
     return row
 
@@ -71,7 +76,6 @@ class TrialRecorder(Callback):
     def __init__(self, space: SearchSpace, exp_dir: str | Path) -> None:
         self.space, self.exp_dir = space, Path(exp_dir)
         self._curves: dict[tuple[str, int], dict[str, Any]] = {}
-        self._trials: list[Trial] = []
         curves_file = self.exp_dir / results.CURVES_FILE
         if curves_file.is_file():  # a resumed search keeps the epochs already recorded
             for row in pd.read_csv(curves_file).to_dict("records"):
@@ -86,15 +90,16 @@ class TrialRecorder(Callback):
         self.write_trials(trials)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.write_trials(trials)
+        self.write_trials(trials, ending=(trial.trial_id, "complete"))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.write_trials(trials)
+        self.write_trials(trials, ending=(trial.trial_id, "error"))
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.write_trials(trials)
 
-    def write_trials(self, trials: list[Trial]) -> None:
-        self._trials = trials
-        rows = [trial_row(t, self.space) for t in trials if "spec" in t.config]
+    def write_trials(self, trials: list[Trial], ending: tuple[str, str] | None = None) -> None:
+        ended_id, how = ending or (None, None)
+        rows = [trial_row(t, self.space, how if t.trial_id == ended_id else None)
+                for t in trials if "spec" in t.config]
         results.write_trials_table(self.exp_dir, rows)

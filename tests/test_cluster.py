@@ -25,8 +25,7 @@ import lmsearch
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
-                       reason="Fashion-MNIST not installed"),
+    pytest.mark.fashion,
 ]
 
 RAY = str(Path(sys.executable).parent / "ray")

@@ -17,10 +17,7 @@ import torch
 from lmsearch.data import DatasetNotFoundError, StreamSplit, TensorSplit, load_dataset
 from lmsearch.data.fashion_mnist import FILES
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                                   reason=f"Fashion-MNIST is not installed in {FASHION_DIR} "
-                                          "(apt-get install dataset-fashion-mnist)")
+needs_fashion = pytest.mark.fashion
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,7 @@ import lmsearch
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
-                       reason="Fashion-MNIST not installed"),
+    pytest.mark.fashion,
 ]
 
 

@@ -12,8 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
-                    reason="Fashion-MNIST not installed")
+@pytest.mark.fashion
 def test_python_tour_runs(tmp_path: Path) -> None:
     readme = (REPO / "README.md").read_text()
     code = re.search(r"```python\n(import lmsearch\n.*?)```", readme, re.S).group(1)

@@ -21,8 +21,7 @@ from lmsearch.nn.counting import count_params
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
-                       and not os.environ.get("LMSEARCH_DATA"), reason="Fashion-MNIST not installed"),
+    pytest.mark.fashion,
 ]
 
 TINY = """

@@ -14,7 +14,6 @@ from lmsearch.arch import ArchSpec
 from lmsearch.data import load_dataset
 from lmsearch.train import TrainConfig, Trainer, lr_factor
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 TIMING = ("images_per_s", "seconds")
 
 
@@ -47,8 +46,7 @@ def _config(**kw: object) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                    reason=f"Fashion-MNIST is not installed in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+@pytest.mark.fashion
 def test_learns_fashion_mnist() -> None:
     data = load_dataset("fashion-mnist", subset=2000, val_fraction=0.05, seed=0)
     seen = []

@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                                   reason=f"Fashion-MNIST is not installed in {FASHION_DIR} "
-                                          "(apt-get install dataset-fashion-mnist)")
+needs_fashion = pytest.mark.fashion
 
 
 def lmsearch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
