@@ -54,11 +54,41 @@ def study_storage_url(exp_dir: str | Path) -> str:
     return f"sqlite:///{Path(exp_dir).resolve() / 'study.db'}"
 
 
+class _PrunedScoresView:
+    """A multi-objective study whose ``direction`` answers for the intermediate values (validation accuracy).
+
+    Optuna's TPE scores PRUNED trials by their last intermediate value using
+    ``study.direction``, which raises on a multi-objective study (optuna 5.0);
+    our pruners record validation accuracy there, so that direction is MAXIMIZE.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    @property
+    def direction(self) -> optuna.study.StudyDirection:
+        return optuna.study.StudyDirection.MAXIMIZE
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+class MultiObjectiveTPESampler(optuna.samplers.TPESampler):
+    """TPESampler that copes with pruned trials carrying intermediate values in a multi-objective study."""
+
+    def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict) -> dict[str, Any]:
+        return super().sample_relative(_PrunedScoresView(study), trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(self, study: optuna.Study, trial: Any, param_name: str, param_distribution: Any) -> Any:
+        return super().sample_independent(_PrunedScoresView(study), trial, param_name,  # type: ignore[arg-type]
+                                          param_distribution)
+
+
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     """The Optuna sampler a space names (grid points are enqueued, then sampled as given)."""
     seed = space.seed
     if space.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        return MultiObjectiveTPESampler(seed=seed, multivariate=True, constant_liar=True)
     if space.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, space.num_samples // 2)))
     if space.sampler == "gp":

@@ -45,16 +45,17 @@ def test_every_sampler_drives_a_conditional_space(tmp_path: Path, sampler: str) 
     """))
     space = load_space(path)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(space))
-    for i in range(12):
+    for i in range(16):
         trial = study.ask()
         config = space.suggest(trial)
         spec = space.arch_spec(config["arch"], in_channels=1, num_classes=10)
-        if i % 3 == 2:
+        if i % 3 == 2:  # pruned after an epoch, its accuracy recorded as our pruners do
+            study._storage.set_trial_intermediate_value(trial._trial_id, 1, 0.1 * i)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, [0.5 + 0.01 * i, float(spec.width * spec.depth)])
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.PRUNED) == 4
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 8
+    assert states.count(optuna.trial.TrialState.PRUNED) == 5
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 11
     # PRUNED trials never reach Optuna's Pareto front
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.best_trials)
