@@ -121,13 +121,12 @@ def run_search(
         return _run(space, exp_dir, address=address, resume=resume, node_ip=node_ip, verbose=verbose)
 
 
-def _experiment_meta(space: SearchSpace, status: str, created: str | None = None) -> dict[str, Any]:
+def _experiment_meta(space: SearchSpace, status: str, created: str) -> dict[str, Any]:
     return {
         "name": space.name, "dataset": space.dataset, "seed": space.seed, "epochs": space.epochs,
         "num_samples": space.num_samples, "sampler": space.sampler, "pruner": space.pruner,
         "objectives": [{"name": o.name, "direction": o.direction} for o in space.objectives],
-        "study": "study.db", "created": created or _dt.datetime.now().isoformat(timespec="seconds"),
-        "status": status,
+        "study": "study.db", "created": created, "status": status,
     }
 
 
@@ -181,8 +180,8 @@ def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool
                 run_config=run_config,
             )
         grid = tuner.fit()
-        finished = sum(1 for r in grid if r.metrics is not None or r.error is not None)
-        if len(grid) >= space.num_samples and finished == len(grid) and not _unfinished(exp_dir):
+        # Ctrl-C makes fit() return early: trials missing, or rows still RUNNING in trials.csv
+        if len(grid) >= space.num_samples and not _unfinished(exp_dir):
             status = "finished"
     finally:
         results.write_experiment(exp_dir, _experiment_meta(space, status, created))
