@@ -19,7 +19,7 @@ from lmsearch import results
 from lmsearch.searcher import FAILED, RUNNING, trial_outcome
 from lmsearch.space import SearchSpace
 
-__all__ = ["TrialRecorder", "trial_row"]
+__all__ = ["TrialRecorder", "ray_trial_row"]
 
 _CURVE_KEYS = ("epoch", "train_loss", "val_acc", "val_loss", "images_per_s", "seconds")
 
@@ -32,7 +32,7 @@ def _error_text(trial: Trial) -> str:
     return lines[-1][:500] if lines else "trial raised an error"
 
 
-def trial_row(trial: Trial, space: SearchSpace, ending: str | None = None) -> dict[str, Any]:
+def ray_trial_row(trial: Trial, space: SearchSpace, ending: str | None = None) -> dict[str, Any]:
     """One row of trials.csv for a Ray trial (see lmsearch.results.TRIAL_COLUMNS).
 
     ``ending`` is "complete" or "error" for the trial whose end is being reported:
@@ -45,13 +45,17 @@ def trial_row(trial: Trial, space: SearchSpace, ending: str | None = None) -> di
         state = trial_outcome(result, errored=False)
     else:
         state = RUNNING
-    spec = config["spec"]
-    row: dict[str, Any] = {"trial_id": trial.trial_id, "number": config.get("number"), "state": state}
-    row.update({k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in spec.items()})
-    row["arch_json"] = json.dumps(spec, sort_keys=True)
-    row.update({k: config["train"].get(k) for k in ("lr", "weight_decay", "batch_size")})
-    row["train_json"] = json.dumps(config["train"], sort_keys=True)
-    row.update(
+    train = config["train"]
+    errored = state == FAILED and (trial.status == Trial.ERROR or ending == "error")
+    return results.trial_row(
+        config["spec"],
+        trial_id=trial.trial_id,
+        number=config.get("number"),
+        state=state,
+        lr=train.get("lr"),
+        weight_decay=train.get("weight_decay"),
+        batch_size=train.get("batch_size"),
+        train_json=json.dumps(train, sort_keys=True),
         epochs=space.epochs,
         params=config.get("params"),
         flops=result.get("flops"),
@@ -63,11 +67,9 @@ def trial_row(trial: Trial, space: SearchSpace, ending: str | None = None) -> di
         node_id=result.get("node_id"),
         hostname=result.get("hostname"),
         dataset=space.dataset,
-        seed=config["train"].get("seed"),
-        error=_error_text(trial) if state == FAILED and (trial.status == Trial.ERROR or ending == "error")
-        else result.get("message", ""),
+        seed=train.get("seed"),
+        error=_error_text(trial) if errored else result.get("message", ""),
     )
-    return row
 
 
 class TrialRecorder(Callback):
@@ -100,6 +102,6 @@ class TrialRecorder(Callback):
 
     def write_trials(self, trials: list[Trial], ending: tuple[str, str] | None = None) -> None:
         ended_id, how = ending or (None, None)
-        rows = [trial_row(t, self.space, how if t.trial_id == ended_id else None)
+        rows = [ray_trial_row(t, self.space, how if t.trial_id == ended_id else None)
                 for t in trials if "spec" in t.config]
         results.write_trials_table(self.exp_dir, rows)

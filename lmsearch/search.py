@@ -169,7 +169,8 @@ def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool
             tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
-            searcher: Any = StudySearcher(space, exp_dir, fresh=True)
+            searcher: Any = StudySearcher(space, exp_dir, in_channels=data.info.in_channels,
+                                          num_classes=data.info.num_classes, fresh=True)
             if space.max_concurrent:
                 searcher = tune.search.ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
             tuner = tune.Tuner(

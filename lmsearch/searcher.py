@@ -99,16 +99,14 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
 class _DefineByRun:
     """Samples one configuration of ``space`` and counts its parameters (picklable, unlike a bound method)."""
 
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
+    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int) -> None:
+        self.space, self.in_channels, self.num_classes = space, in_channels, num_classes
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         from lmsearch.nn.counting import count_params
-        from lmsearch.space import DATASET_SHAPES
 
         sampled = self.space.suggest(trial)
-        in_channels, num_classes = DATASET_SHAPES[self.space.dataset]
-        spec = self.space.arch_spec(sampled["arch"], in_channels=in_channels, num_classes=num_classes)
+        spec = self.space.arch_spec(sampled["arch"], in_channels=self.in_channels, num_classes=self.num_classes)
         return {**sampled, "spec": spec.to_dict(), "params": count_params(spec), "number": trial.number}
 
 
@@ -117,15 +115,17 @@ class StudySearcher(OptunaSearch):
 
     Each configuration carries, besides the sampled values, ``arch`` and
     ``train`` (what the trial function builds), ``params`` (counted before
-    training) and ``number`` (the Optuna trial number).
+    training) and ``number`` (the Optuna trial number). Architectures get the
+    loaded dataset's ``in_channels`` and ``num_classes``.
     """
 
-    def __init__(self, space: SearchSpace, exp_dir: str | Path, *, fresh: bool) -> None:
+    def __init__(self, space: SearchSpace, exp_dir: str | Path, *, in_channels: int, num_classes: int,
+                 fresh: bool) -> None:
         self.space = space
         storage = optuna.storages.RDBStorage(study_storage_url(exp_dir))
         points = space.grid() if space.sampler == "grid" and fresh else None
         super().__init__(
-            space=_DefineByRun(space),
+            space=_DefineByRun(space, in_channels, num_classes),
             metric=space.metric_names,
             mode=space.modes,
             sampler=make_sampler(space),

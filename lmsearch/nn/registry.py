@@ -9,28 +9,20 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-__all__ = ["register_scheme", "get_scheme", "scheme_names", "SchemeInfo"]
+__all__ = ["register_scheme", "get_scheme", "scheme_names"]
 
 T = TypeVar("T")
-
-
-class SchemeInfo:
-    """What the rest of lmsearch needs to know about a scheme class.
-
-    A scheme class sets ``name`` (str) and ``functions_per_step`` (int): how
-    many distinct residual functions one step of the scheme uses (euler 1,
-    rk2 2, rk4 4, rev 2 — the coupled pair f, g).
-    """
-
-    name: str
-    functions_per_step: int
 
 
 _SCHEMES: dict[str, type] = {}
 
 
 def register_scheme(cls: type[T]) -> type[T]:
-    """Class decorator: make ``cls`` available under ``cls.name``."""
+    """Class decorator: make ``cls`` available under ``cls.name``.
+
+    The class sets ``name`` (str) and ``functions_per_step`` (int): how many
+    distinct residual functions one step uses (euler 1, rk2 2, rk4 4, rev 2).
+    """
     name = getattr(cls, "name", None)
     fps = getattr(cls, "functions_per_step", None)
     if not isinstance(name, str) or not isinstance(fps, int) or fps < 1:
