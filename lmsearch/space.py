@@ -191,10 +191,12 @@ class SearchSpace:
 
     def grid(self) -> list[dict[str, Any]]:
         """Every point of a ``sampler: grid`` space, keyed by Optuna parameter names."""
+        # Training choices (seeds) vary slowest, so a grid cut short still covers
+        # every architecture once before it repeats any.
         points = [point for point, _ in self.arch_points()]
         for key, param in self.train.items():
             if not param.is_fixed:
-                points = [{**p, key: v} for p in points for v in param.choices or ()]
+                points = [{**p, key: v} for v in param.choices or () for p in points]
         return points
 
     def arch_spec(self, arch: dict[str, Any], *, in_channels: int, num_classes: int) -> ArchSpec:

@@ -80,6 +80,8 @@ def test_grid_enumerates_every_combination(tmp_path: Path) -> None:
     assert {(p["scheme"], p["depth"], p["seed"]) for p in grid} == {
         (s, d, seed) for s in ("euler", "lm") for d in (8, 14, 20) for seed in (1, 2)}
     assert all("width" not in p for p in grid)  # fixed values are not Optuna parameters
+    # seeds vary slowest: the first six points are every architecture with seed 1
+    assert [p["seed"] for p in grid] == [1] * 6 + [2] * 6
 
 
 @pytest.mark.parametrize(
