@@ -75,8 +75,10 @@ def ray_trial_row(trial: Trial, space: SearchSpace, ending: str | None = None) -
 class TrialRecorder(Callback):
     """Writes trials.csv and curves.csv of ``exp_dir`` as results arrive."""
 
-    def __init__(self, space: SearchSpace, exp_dir: str | Path) -> None:
+    def __init__(self, space: SearchSpace, exp_dir: str | Path, earlier: list[dict[str, Any]] | None = None) -> None:
+        """``earlier``: rows of trials run by a previous Tuner (a search resumed from its study), kept as they are."""
         self.space, self.exp_dir = space, Path(exp_dir)
+        self._earlier = list(earlier or [])
         self._curves: dict[tuple[str, int], dict[str, Any]] = {}
         curves_file = self.exp_dir / results.CURVES_FILE
         if curves_file.is_file():  # a resumed search keeps the epochs already recorded
@@ -104,4 +106,4 @@ class TrialRecorder(Callback):
         ended_id, how = ending or (None, None)
         rows = [ray_trial_row(t, self.space, how if t.trial_id == ended_id else None)
                 for t in trials if "spec" in t.config]
-        results.write_trials_table(self.exp_dir, rows)
+        results.write_trials_table(self.exp_dir, self._earlier + rows)

@@ -270,6 +270,15 @@ def write_trials_table(exp_dir: PathLike, rows: Iterable[Mapping[str, Any]] | pd
     return path
 
 
+def read_trial_rows(exp_dir: PathLike) -> list[dict[str, str]]:
+    """trials.csv as written: one ``{column: cell text}`` per row ([] when there is none yet)."""
+    path = Path(exp_dir) / TRIALS_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def write_curves(exp_dir: PathLike, rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> Path:
     """Write ``curves.csv`` (one row per trial and epoch, :data:`CURVE_COLUMNS`) atomically."""
     path = Path(exp_dir) / CURVES_FILE

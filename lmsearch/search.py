@@ -30,6 +30,7 @@ __all__ = ["run_search", "SearchError", "experiment_dir"]
 RAY_DIR = "ray"
 TUNE_NAME = "tune"
 SPACE_COPY = "space.yaml"
+STUDY_FILE = "study.db"
 FRONT_COLUMNS = ["number", "scheme", "depth", "width", "block", "noise", "params", "val_acc", "test_acc"]
 
 
@@ -55,8 +56,9 @@ def _check_output(exp_dir: Path, resume: bool) -> None:
     except OSError as exc:
         raise SearchError(f"output folder {exp_dir} is not writable: {exc.strerror or exc}") from None
     tune_dir = exp_dir / RAY_DIR / TUNE_NAME
-    if resume and not tune_dir.is_dir():
-        raise SearchError(f"nothing to resume in {exp_dir} (no {RAY_DIR}/{TUNE_NAME}); run without --resume")
+    if resume and not tune_dir.is_dir() and not (exp_dir / STUDY_FILE).is_file():
+        raise SearchError(f"nothing to resume in {exp_dir} (neither {RAY_DIR}/{TUNE_NAME} nor {STUDY_FILE}); "
+                          f"run without --resume")
     if not resume and (exp_dir / results.EXPERIMENT_FILE).exists():
         raise SearchError(f"{exp_dir} already holds an experiment; pass --resume to continue it, "
                           f"or --out to start a new one elsewhere")
@@ -101,7 +103,10 @@ def run_search(
         address: a Ray cluster to join (``"auto"`` or ``"host:port"``); None starts a
             local node bound to ``node_ip`` (a loopback address by default).
         resume: continue an interrupted search in ``out``: finished trials are kept,
-            unfinished ones continue from their last epoch checkpoint.
+            unfinished ones continue from their last epoch checkpoint. Without Ray's
+            state (``out/ray``, e.g. in a fresh clone of a committed experiment) the
+            search continues from its Optuna study instead: unfinished trials are
+            marked FAILED and their configurations run again from epoch 0.
     """
     space = load_space(space_path, name=name)
     exp_dir = experiment_dir(space, out, results_root).resolve()
@@ -155,34 +160,45 @@ def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool
         data = load_dataset(space.dataset, root=data_dir, val_fraction=space.val_fraction,
                             seed=space.seed, subset=space.subset)
         trainable = make_trainable(space, data)
+        tune_dir = exp_dir / RAY_DIR / TUNE_NAME
+        from_study = resume and not tune_dir.is_dir()
+        to_run, earlier = space.num_samples, []
+        if not resume or from_study:
+            searcher: Any = StudySearcher(space, exp_dir, in_channels=data.info.in_channels,
+                                          num_classes=data.info.num_classes, fresh=not resume)
+            if from_study:
+                to_run, earlier = _continue_from_study(searcher, space, exp_dir)
         run_config = tune.RunConfig(
             name=TUNE_NAME,
             storage_path=str(exp_dir / RAY_DIR),
-            callbacks=[TrialRecorder(space, exp_dir)],
+            callbacks=[TrialRecorder(space, exp_dir, earlier)],
             failure_config=tune.FailureConfig(max_failures=space.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             progress_reporter=_reporter(space),
             verbose=verbose,
         )
-        tune_dir = exp_dir / RAY_DIR / TUNE_NAME
-        if resume:
+        if resume and not from_study:
             tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
+        elif to_run == 0:
+            tuner = None
         else:
-            searcher: Any = StudySearcher(space, exp_dir, in_channels=data.info.in_channels,
-                                          num_classes=data.info.num_classes, fresh=True)
             if space.max_concurrent:
                 searcher = tune.search.ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=space.num_samples,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=to_run,
                                             scheduler=_scheduler(space, exp_dir), reuse_actors=True,
                                             trial_name_creator=trial_name, trial_dirname_creator=trial_name),
                 run_config=run_config,
             )
-        grid = tuner.fit()
+        if tuner is None:  # resumed from a study that had nothing left to run
+            results.write_trials_table(exp_dir, earlier)
+            ran = 0
+        else:
+            ran = len(tuner.fit())
         # Ctrl-C makes fit() return early: trials missing, or rows still RUNNING in trials.csv
-        if len(grid) >= space.num_samples and not _unfinished(exp_dir):
+        if ran >= to_run and not _unfinished(exp_dir):
             status = "finished"
     finally:
         results.write_experiment(exp_dir, _experiment_meta(space, status, created))
@@ -194,6 +210,38 @@ def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool
     results.write_pareto(exp_dir, front)
     _print_front(front, exp_dir, status)
     return exp_dir
+
+
+def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path) -> tuple[int, list[dict[str, str]]]:
+    """Prepare a search resumed from its Optuna study alone (Ray's state is gone).
+
+    The study's RUNNING trials are orphans (no Ray trial will finish them):
+    they are failed and their configurations queued again, which keeps every
+    grid point; queued grid points are still WAITING in the study. Returns
+    the number of trials left to run and the earlier trials.csv rows, with the
+    rows of unfinished trials marked FAILED.
+    """
+    import optuna
+
+    searcher.reconcile_orphans()
+    study = searcher._ot_study.get_trials(deepcopy=False)
+    finished = [t for t in study if t.state.is_finished() and "orphaned" not in t.user_attrs]
+    states = {t.number: t.state for t in study}
+    told = {optuna.trial.TrialState.COMPLETE: "COMPLETE", optuna.trial.TrialState.PRUNED: "PRUNED"}
+    rows = results.read_trial_rows(exp_dir)
+    for row in rows:
+        if row["state"] != "RUNNING":
+            continue
+        state = states.get(int(row["number"])) if row.get("number") else None
+        if state in told:  # told to Optuna just before the driver died
+            row["state"] = told[state]
+        else:
+            row["state"] = "FAILED"
+            row["error"] = "interrupted; resumed from the study, which queued this configuration again"
+    left = max(0, space.num_samples - len(finished))
+    print(f"lmsearch: no Ray state in {exp_dir / RAY_DIR}; resuming from the study: {len(finished)} trials "
+          f"finished, {left} to run", file=sys.stderr)
+    return left, rows
 
 
 def trial_name(trial: Any) -> str:

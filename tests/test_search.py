@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,6 +166,57 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path: 
     assert list(kept.wall_time_s) == list(before.wall_time_s)
     trials = study_trials(exp, "resumable")
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert json.loads((exp / "experiment.json").read_text())["status"] == "finished"
+
+
+GRID = """
+name: grid-resume
+dataset: {name: fashion-mnist, subset: 256}
+budget: {epochs: 2}
+architecture: {scheme: [euler, lm], depth: [8, 14], width: 4}
+training: {batch_size: 64}
+search: {sampler: grid, max_concurrent: 1}
+resources: {cpu: 1, max_failures: 0}
+"""
+
+
+def test_killed_grid_resumes_from_its_study_when_ray_state_is_gone(tmp_path: Path) -> None:
+    space = tmp_path / "grid.yaml"
+    space.write_text(textwrap.dedent(GRID))
+    exp = tmp_path / "exp"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen([sys.executable, "-m", "lmsearch", "search", str(space), "--out", str(exp)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline, before = time.time() + 240, None
+    while time.time() < deadline and driver.poll() is None:
+        if (exp / "trials.csv").exists():
+            df = lmsearch.load_results(exp)
+            if (df.state == "COMPLETE").sum() >= 1 and (df.state == "RUNNING").sum() == 1:
+                before = df.copy()
+                break
+        time.sleep(0.2)
+    assert before is not None, "no trial finished in time"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray node die mid-trial
+    driver.wait(timeout=60)
+    shutil.rmtree(exp / "ray")  # as in a fresh clone of a committed experiment: only tables and study.db
+    (exp / "search.lock").unlink(missing_ok=True)
+
+    proc = cli("search", str(space), "--out", str(exp), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from the study" in proc.stderr
+    after = lmsearch.load_results(exp)
+    done = after[after.state == "COMPLETE"]
+    # every grid point completed exactly once; the finished trials were kept, not retrained
+    assert sorted(zip(done.scheme, done.depth)) == [("euler", 8), ("euler", 14), ("lm", 8), ("lm", 14)]
+    finished = before[before.state == "COMPLETE"]
+    kept = after.set_index("trial_id").loc[finished.trial_id]
+    assert list(kept.wall_time_s) == list(finished.wall_time_s) and (kept.state == "COMPLETE").all()
+    # the trial that was running is recorded as FAILED (interrupted), not lost and not left RUNNING
+    cut = after.set_index("trial_id").loc[before[before.state == "RUNNING"].trial_id.iloc[0]]
+    assert cut.state == "FAILED" and "interrupted" in cut.error
+    assert len(after) == len(before) + (4 - len(finished))
+    states = [t.state for t in study_trials(exp, "grid-resume")]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and states.count(optuna.trial.TrialState.FAIL) == 1
     assert json.loads((exp / "experiment.json").read_text())["status"] == "finished"
 
 

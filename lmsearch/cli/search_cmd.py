@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "no traffic leaves the machine); 'auto' lets Ray choose")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted search in --out: finished trials are kept, "
-                             "running ones restart from their last epoch checkpoint")
+                             "running ones restart from their last epoch checkpoint (without the "
+                             "folder's ray/ state, e.g. in a fresh clone, from its study.db: running "
+                             "ones are marked FAILED and their configurations run again)")
     parser.add_argument("--quiet", action="store_true", help="no per-trial progress table")
 
 
