@@ -55,8 +55,8 @@ def _reference(model: nn.Module, x: Tensor) -> Tensor:
                 k = step.k
                 new, new_prev = act((1 - k) * h + k * prev + fs[0](h)), h
             elif spec.scheme == "poly":
-                f = fs[0]
-                new, new_prev = act(h + f(h) + f(f(h))), h
+                f, f_again = fs[0], step.again  # the same weights, its own batch norms
+                new, new_prev = act(h + f(h) + f_again(f(h))), h
             elif spec.scheme == "rk2":
                 f, g = fs
                 a = f(h)
@@ -197,6 +197,25 @@ def test_steps_per_stage_follow_functions_per_step(scheme: str) -> None:
         for step in stage.steps:
             assert len(step.functions) == fps
             assert isinstance(step, Scheme)
+
+
+def test_poly_applies_the_same_weights_twice_with_separate_batch_norms() -> None:
+    step = build_model(ArchSpec(scheme="poly", depth=20, width=4)).stages[0].steps[1]
+    f, again = step.functions[0], step.again
+    pairs = list(zip(f.modules(), again.modules(), strict=True))
+    norms = [(a, b) for a, b in pairs if isinstance(a, nn.BatchNorm2d)]
+    weighted = [(a, b) for a, b in pairs if isinstance(a, nn.Conv2d)]
+    assert norms and weighted
+    assert all(a.weight is b.weight for a, b in weighted)  # one set of conv weights...
+    assert all(a is not b and a.weight is not b.weight for a, b in norms)  # ...two sets of statistics
+    with torch.no_grad():
+        step.train()(torch.randn(8, 4, 6, 6), torch.zeros(1))
+    # each norm saw a different input (x, then f(x)), so their running statistics differ
+    assert all(not torch.equal(a.running_mean, b.running_mean) for a, b in norms)
+    # f's weights are counted once: the twin adds only its batch-norm parameters
+    own = sum(p.numel() for p in f.parameters())
+    norm_params = sum(p.numel() for a, _ in norms for p in a.parameters())
+    assert sum(p.numel() for p in step.parameters()) == own + norm_params
 
 
 def test_poly_shape_change_falls_back_to_euler() -> None:

@@ -57,6 +57,8 @@ functions/shortcut (or to fall back to another scheme) and
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -322,7 +324,14 @@ class RK4Scheme(Scheme):
 
 @register_scheme
 class PolyScheme(Scheme):
-    """PolyNet poly-2: ``x + f(x) + f(f(x))``; a shape-changing step is an Euler step."""
+    """PolyNet poly-2: ``x + f(x) + f(f(x))``; a shape-changing step is an Euler step.
+
+    Both applications of f share its weights, but each has its own batch
+    normalisation (``again`` is f with its own batch-norm layers): one set of
+    running statistics fed both x and f(x) would average two different
+    distributions and break evaluation (measured: 26% val accuracy in eval
+    mode vs 56% with batch statistics, where Euler had 51% vs 54%).
+    """
 
     name = "poly"
     functions_per_step = 1
@@ -333,10 +342,24 @@ class PolyScheme(Scheme):
             return EulerScheme.build(ctx)
         return super().build(ctx)
 
+    def __init__(self, functions: Sequence[nn.Module], ctx: StepContext, shortcut: nn.Module | None = None) -> None:
+        super().__init__(functions, ctx, shortcut)
+        self.again = _same_weights_own_norms(self.functions[0])
+
     def forward(self, x: Tensor, x_prev: Tensor) -> tuple[Tensor, Tensor]:
-        f = self.functions[0]
-        fx = f(x)
-        return self.act(x + self.drop(fx + f(fx))), x
+        fx = self.functions[0](x)
+        return self.act(x + self.drop(fx + self.again(fx))), x
+
+
+def _same_weights_own_norms(f: nn.Module) -> nn.Module:
+    """A copy of ``f`` whose parameters are ``f``'s own tensors, except its batch-norm layers'."""
+    twin = copy.deepcopy(f)
+    for mod, src in zip(twin.modules(), f.modules(), strict=True):
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            continue
+        for name, _ in list(mod.named_parameters(recurse=False)):
+            setattr(mod, name, getattr(src, name))
+    return twin
 
 
 @register_scheme
