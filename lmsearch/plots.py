@@ -26,7 +26,8 @@ import pandas as pd  # noqa: E402
 
 from lmsearch.pareto import Objectives, hypervolume, normalize_objectives, pareto_front  # noqa: E402
 
-__all__ = ["plot_pareto", "plot_curves", "plot_hypervolume", "hypervolume_curve", "plot_lm_coefficients", "trial_label"]
+__all__ = ["plot_pareto", "plot_curves", "plot_hypervolume", "hypervolume_curve", "plot_lm_coefficients",
+           "plot_compression", "trial_label"]
 
 _LABELS = {"val_acc": "validation accuracy", "test_acc": "test accuracy", "params": "parameters",
            "flops": "FLOPs", "val_loss": "validation loss", "wall_time_s": "wall time (s)"}
@@ -205,5 +206,39 @@ def plot_lm_coefficients(coefficients: pd.DataFrame, path: str | os.PathLike, ti
     if title:
         ax.set_title(title)
     if len(coefficients):
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_compression(table: pd.DataFrame, path: str | os.PathLike, trials: pd.DataFrame | None = None,
+                     metric: str = "test_acc", title: str | None = None) -> Path:
+    """Error vs parameters per family from :func:`lmsearch.analysis.compression_table`.
+
+    Each family (euler, lm, lm+stochastic_depth, ...) is a line through its
+    mean error per depth with +-1 std error bars, each point labelled with its
+    depth; with ``trials`` (the trials table), every seed is drawn as a faint dot.
+    """
+    from lmsearch.analysis import family_of
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (family, part) in enumerate(table.groupby("family", sort=False)):
+        part = part.sort_values("params")
+        colour = f"C{i}"
+        x, err = _num(part["params"]), 100 * _num(part["err_mean"])
+        ax.errorbar(x, err, yerr=100 * np.nan_to_num(_num(part["err_std"])), color=colour, marker="o",
+                    capsize=3, label=str(family))
+        for xi, yi, depth in zip(x, err, part["depth"], strict=True):
+            ax.annotate(str(depth), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
+        if trials is not None and len(trials):
+            done = trials[trials["state"].astype(object).eq("COMPLETE").to_numpy(dtype=bool)]
+            noise = done["noise"] if "noise" in done.columns else pd.Series([None] * len(done), index=done.index)
+            mine = done[[family_of(s, n) == family for s, n in zip(done["scheme"], noise, strict=True)]]
+            ax.scatter(_num(mine["params"]), 100 * (1 - _num(mine[metric])), color=colour, alpha=0.3, s=10)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(f"{_LABELS.get(metric, metric).replace('accuracy', 'error')} (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title or "error vs parameters (mean +- std over seeds; labels: depth)")
+    if len(table):
         ax.legend(fontsize=8)
     return _save(fig, path)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from lmsearch.analysis import compression_table
 from lmsearch.arch import ArchSpec
 from lmsearch.plots import hypervolume_curve, plot_curves, plot_hypervolume, plot_lm_coefficients, plot_pareto
 from lmsearch.results import load_curves, load_results, trial_row, write_curves, write_experiment, write_trials_table
@@ -81,6 +82,20 @@ def test_pareto_cli_by_scheme_and_compression(tmp_path: Path) -> None:
     assert "scheme = euler" in proc.stdout and "scheme = lm" in proc.stdout
     assert "Compression table" in proc.stdout and "ratio lm" in proc.stdout
     assert "monotone: yes" in proc.stdout
+
+
+def test_pareto_cli_writes_compression_table_and_plot(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    csv, png = tmp_path / "out" / "compression.csv", tmp_path / "out" / "compression.png"
+    proc = _lmsearch("pareto", str(exp), "--compression-csv", str(csv), "--compression-plot", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert "Compression table" in proc.stdout  # implied by the two options
+    table = pd.read_csv(csv)
+    # the CSV is the table compression_table computes, row for row
+    expected = compression_table(load_results(exp))
+    assert table.family.tolist() == expected.family.tolist() and table.n.tolist() == [3] * 6
+    np.testing.assert_allclose(table["ratio:lm"], expected["ratio:lm"].to_numpy(dtype=float), equal_nan=True)
+    _assert_png(png)
 
 
 def test_pareto_cli_several_experiments_and_objectives(tmp_path: Path) -> None:

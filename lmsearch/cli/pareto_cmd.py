@@ -14,7 +14,8 @@ examples:
   lmsearch pareto results/demo
   lmsearch pareto results/demo --by scheme --plot front.png
   lmsearch pareto results/a results/b --objectives val_acc:max flops:min
-  lmsearch pareto results/compression-fashion-mnist --compression"""
+  lmsearch pareto results/compression-fashion-mnist/cpu --compression \
+      --compression-plot compression.png --compression-csv compression.csv"""
 
 _SHOW = ["experiment", "number", "trial_id", "arch", "width", "block", "params", "flops",
          "val_acc", "test_acc", "epochs_run", "state"]
@@ -29,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", action="store_true",
                         help="also print the compression table (ResNet vs LM params at equal accuracy) "
                              "and the depth-monotonicity check")
+    parser.add_argument("--compression-plot", metavar="FILE",
+                        help="write the compression plot (error vs params per scheme, PNG) here; "
+                             "implies --compression")
+    parser.add_argument("--compression-csv", metavar="FILE",
+                        help="write the compression table (CSV) here; implies --compression")
     parser.add_argument("--metric", default="test_acc",
                         help="accuracy column for --compression (default test_acc)")
 
@@ -138,12 +144,21 @@ def run(args: argparse.Namespace) -> int:
 
             path = plot_pareto(df, args.plot, objectives=objectives, by=args.by or "scheme")
             print(f"\nplot written to {path}")
-        if args.compression:
+        if args.compression or args.compression_plot or args.compression_csv:
             from lmsearch.analysis import compression_table, monotonicity
 
             table = compression_table(df, metric=args.metric)
             print(f"\nCompression table ({args.metric}, complete trials):")
             print(_fmt_compression(table, monotonicity(table), args.metric) if len(table) else "  (no data)")
+            if args.compression_csv:
+                Path(args.compression_csv).parent.mkdir(parents=True, exist_ok=True)
+                table.to_csv(args.compression_csv, index=False)
+                print(f"\ncompression table written to {args.compression_csv}")
+            if args.compression_plot:
+                from lmsearch.plots import plot_compression
+
+                path = plot_compression(table, args.compression_plot, trials=df, metric=args.metric)
+                print(f"compression plot written to {path}")
     except (ExperimentFolderError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
