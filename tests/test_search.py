@@ -207,7 +207,7 @@ def test_killed_grid_resumes_from_its_study_when_ray_state_is_gone(tmp_path: Pat
     after = lmsearch.load_results(exp)
     done = after[after.state == "COMPLETE"]
     # every grid point completed exactly once; the finished trials were kept, not retrained
-    assert sorted(zip(done.scheme, done.depth)) == [("euler", 8), ("euler", 14), ("lm", 8), ("lm", 14)]
+    assert sorted(zip(done.scheme, done.depth, strict=True)) == [("euler", 8), ("euler", 14), ("lm", 8), ("lm", 14)]
     finished = before[before.state == "COMPLETE"]
     kept = after.set_index("trial_id").loc[finished.trial_id]
     assert list(kept.wall_time_s) == list(finished.wall_time_s) and (kept.state == "COMPLETE").all()

@@ -58,7 +58,6 @@ functions/shortcut (or to fall back to another scheme) and
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
