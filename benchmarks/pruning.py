@@ -10,6 +10,7 @@ trials in a seeded random order, each epoch lasting its recorded seconds, with
 the same pruner code the search uses (lmsearch.pruning.PrunerScheduler):
 
     python benchmarks/pruning.py replay --seeds 10
+    python benchmarks/pruning.py sweep             # asha and pareto for eta x first rung
 
 For every policy (none, ASHA on accuracy alone = Optuna's successive halving,
 median, pareto) it prints the mean over seeds of: epochs used (and the share of
@@ -138,34 +139,41 @@ def main() -> int:
     rep.add_argument("--workers", type=int, default=2)
     rep.add_argument("--eta", type=int, default=3, help="reduction factor of asha and pareto (default 3)")
     rep.add_argument("--min-epochs", type=int, default=1, help="first rung of asha and pareto (default 1)")
+    swp = sub.add_parser("sweep", help="asha and pareto over several rung settings (eta x first rung)")
+    swp.add_argument("--curves", type=Path, default=CURVES)
+    swp.add_argument("--seeds", type=int, default=10)
+    swp.add_argument("--workers", type=int, default=2)
+    swp.add_argument("--etas", type=int, nargs="+", default=[2, 3, 4])
+    swp.add_argument("--min-epochs-list", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args()
     if args.command == "record":
         record(args.space, args.out)
         return 0
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    table = pd.read_csv(args.curves)
-    budget = int(table.epoch.max())
-    final = table[table.epoch == budget].set_index("trial_id")
-    points = np.column_stack([-final.val_acc.to_numpy(), final.params.to_numpy(dtype=float)])
-    true_front = set(final.index[~dominated_mask(points)])
-    ref = [0.0, float(final.params.max()) * 1.1]  # accuracy 0, 110% of the largest net
+    bench = Bench(pd.read_csv(args.curves), args.seeds, args.workers)
+    print(f"{len(bench.final)} trials x {bench.budget} epochs, true front {len(bench.true_front)} points, "
+          f"{args.workers} workers, {args.seeds} seeds")
+    if args.command == "sweep":
+        rows = []
+        for eta in args.etas:
+            for min_epochs in args.min_epochs_list:
+                if min_epochs >= bench.budget:
+                    continue
+                for name in ("asha", "pareto"):
+                    r = bench.run(policies(eta, min_epochs)[name])
+                    rows.append({"policy": name, "eta": eta, "min_epochs": min_epochs, **r})
+        df = pd.DataFrame(rows)
+        df["epochs_share"] = df.epochs / bench.none["epochs"]
+        df["hv_share"] = df.hypervolume / bench.none["hypervolume"]
+        df["goal_met"] = (df.hv_share >= 0.97) & (df.epochs_share <= 0.40)
+        cols = ["policy", "eta", "min_epochs", "epochs_share", "hv_share", "front_found", "goal_met"]
+        print(df[cols].to_string(index=False, float_format="%.3f"))
+        return 0
 
-    def hv(ids: set[str]) -> float:
-        sub = final.loc[sorted(ids)]
-        return hypervolume_points(np.column_stack([-sub.val_acc, sub.params.astype(float)]), ref) if ids else 0.0
-
-    print(f"{len(final)} trials x {budget} epochs, true front {len(true_front)} points, "
-          f"{args.workers} workers, {args.seeds} seeds, eta {args.eta}, first rung at epoch {args.min_epochs}")
-    rows = []
-    for name, policy in policies(args.eta, args.min_epochs).items():
-        outs = [replay(table, policy, seed, args.workers) for seed in range(args.seeds)]
-        rows.append({
-            "policy": name,
-            "epochs": np.mean([o.epochs for o in outs]),
-            "hypervolume": np.mean([hv(o.completed) for o in outs]),
-            "front_found": np.mean([len(o.completed & true_front) / len(true_front) for o in outs]),
-        })
+    print(f"eta {args.eta}, first rung at epoch {args.min_epochs}")
+    rows = [{"policy": name, **(bench.none if name == "none" else bench.run(policy))}
+            for name, policy in policies(args.eta, args.min_epochs).items()]
     df = pd.DataFrame(rows).set_index("policy")
     df["epochs_share"] = df.epochs / df.loc["none", "epochs"]
     df["hv_share"] = df.hypervolume / df.loc["none", "hypervolume"]
@@ -175,6 +183,32 @@ def main() -> int:
           f"(goal >= 97% with <= 40%); true front found {p.front_found:.1%} vs asha {a.front_found:.1%} "
           f"at {a.epochs_share:.1%} of the epochs")
     return 0
+
+
+class Bench:
+    """The recorded table, its true front and the fixed hypervolume reference point."""
+
+    def __init__(self, table: pd.DataFrame, seeds: int, workers: int) -> None:
+        self.table, self.seeds, self.workers = table, seeds, workers
+        self.budget = int(table.epoch.max())
+        self.final = table[table.epoch == self.budget].set_index("trial_id")
+        points = np.column_stack([-self.final.val_acc.to_numpy(), self.final.params.to_numpy(dtype=float)])
+        self.true_front = set(self.final.index[~dominated_mask(points)])
+        self.ref = [0.0, float(self.final.params.max()) * 1.1]  # accuracy 0, 110% of the largest net
+        self.none = self.run({"name": "none"})
+
+    def hv(self, ids: set[str]) -> float:
+        sub = self.final.loc[sorted(ids)]
+        return hypervolume_points(np.column_stack([-sub.val_acc, sub.params.astype(float)]), self.ref) if ids else 0.0
+
+    def run(self, policy: dict) -> dict[str, float]:
+        """Mean over seeds of epochs used, hypervolume of the completed trials and share of the true front found."""
+        outs = [replay(self.table, policy, seed, self.workers) for seed in range(self.seeds)]
+        return {
+            "epochs": float(np.mean([o.epochs for o in outs])),
+            "hypervolume": float(np.mean([self.hv(o.completed) for o in outs])),
+            "front_found": float(np.mean([len(o.completed & self.true_front) / len(self.true_front) for o in outs])),
+        }
 
 
 if __name__ == "__main__":
