@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "save_architecture": "lmsearch.export",
     "load_architecture": "lmsearch.export",
     "lm_coefficients": "lmsearch.analysis",
+    "experiment_lm_coefficients": "lmsearch.analysis",
     "compression_table": "lmsearch.analysis",
 }
 

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["lm_coefficients", "lm_steps", "compression_table", "monotonicity", "family_of"]
+__all__ = ["lm_coefficients", "lm_steps", "experiment_lm_coefficients", "compression_table", "monotonicity",
+           "family_of"]
 
 
 # =========================================================================== LM coefficients
@@ -79,6 +80,10 @@ def lm_steps(model: Any) -> list[tuple[str, Any]]:
     return with_k
 
 
+_COEFFICIENT_COLUMNS = ["name", "stage", "step", "index", "k", "k_min", "k_max", "k_std", "n_k", "first_order",
+                        "second_order"]
+
+
 def lm_coefficients(model: Any, dt: float = 1.0) -> pd.DataFrame:
     """The learned k_n of every LM step and its modified-equation coefficients.
 
@@ -117,9 +122,43 @@ def lm_coefficients(model: Any, dt: float = 1.0) -> pd.DataFrame:
             "first_order": 1.0 + mean,
             "second_order": (1.0 - mean) * dt / 2.0,
         })
-    columns = ["name", "stage", "step", "index", "k", "k_min", "k_max", "k_std", "n_k", "first_order", "second_order"]
-    out = pd.DataFrame(rows, columns=columns)
+    out = pd.DataFrame(rows, columns=_COEFFICIENT_COLUMNS)
     return out.astype({"stage": "int64", "step": "int64", "index": "int64", "n_k": "int64"})
+
+
+def experiment_lm_coefficients(exp_dir: Any, states: tuple[str, ...] = ("COMPLETE",)) -> pd.DataFrame:
+    """:func:`lm_coefficients` of every LM trial of an experiment whose final weights are on disk.
+
+    One row per trial and LM step: the trial's ``trial_id``, ``number``,
+    ``depth``, ``width``, ``noise``, ``seed`` and ``test_acc`` columns, then the
+    coefficient columns. Weights are looked up as ``lmsearch export`` does
+    (``exp_dir/weights/<id>/`` or the trial's last Ray checkpoint); trials
+    without weights on disk (e.g. a committed experiment without its ``ray/``)
+    are left out and listed in ``df.attrs["missing"]``.
+
+    Example:
+        >>> k = experiment_lm_coefficients("results/compression-fashion-mnist/cpu")  # doctest: +SKIP
+        >>> k.groupby(["depth", "stage"]).k.mean()                                  # doctest: +SKIP
+    """
+    from lmsearch.export import find_trial_weights, load_architecture
+    from lmsearch.results import load_results
+
+    trials = load_results(exp_dir)
+    lm = trials[(trials["scheme"] == "lm") & trials["state"].isin(states)]
+    keep = [c for c in ("trial_id", "number", "depth", "width", "noise", "seed", "test_acc") if c in lm.columns]
+    frames, missing = [], []
+    for row in lm.itertuples(index=False):
+        weights = find_trial_weights(exp_dir, row.trial_id)
+        if weights is None:
+            missing.append(row.trial_id)
+            continue
+        coefficients = lm_coefficients(load_architecture(weights))
+        for col in reversed(keep):
+            coefficients.insert(0, col, getattr(row, col))
+        frames.append(coefficients)
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=keep + _COEFFICIENT_COLUMNS)
+    out.attrs["missing"] = missing
+    return out
 
 
 # =========================================================================== compression

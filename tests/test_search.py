@@ -18,6 +18,7 @@ import pytest
 
 import lmsearch
 from lmsearch.arch import ArchSpec
+from lmsearch.export import find_trial_weights
 from lmsearch.nn.counting import count_params
 
 pytestmark = [
@@ -112,6 +113,21 @@ def test_front_is_the_nondominated_complete_trials(finished: tuple[Path, subproc
                 if not any((o.val_acc >= r.val_acc and o.params <= r.params)
                            and (o.val_acc > r.val_acc or o.params < r.params) for o in done.itertuples())}
     assert set(front.trial_id) == expected
+
+
+def test_lm_coefficients_of_every_finished_lm_trial(finished: tuple[Path, subprocess.CompletedProcess]) -> None:
+    exp, _ = finished
+    df = lmsearch.load_results(exp)
+    lm = df[(df.scheme == "lm") & (df.state == "COMPLETE")]
+    coefficients = lmsearch.experiment_lm_coefficients(exp)
+    assert coefficients.attrs["missing"] == [] and len(coefficients) > 0
+    for row in lm.itertuples():
+        part = coefficients[coefficients.trial_id == row.trial_id]
+        # one row per LM step: every step but the first (Euler) step of each stage
+        assert len(part) == sum(n - 1 for n in ArchSpec.from_json(row.arch_json).steps_per_stage)
+        model = lmsearch.load_architecture(find_trial_weights(exp, row.trial_id))
+        assert part.k.tolist() == lmsearch.lm_coefficients(model).k.tolist()
+        assert (part.depth == row.depth).all() and (part.test_acc == row.test_acc).all()
 
 
 def test_existing_experiment_is_not_overwritten(finished: tuple[Path, subprocess.CompletedProcess]) -> None:
