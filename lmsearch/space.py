@@ -45,10 +45,10 @@ SCHEDULES = ("step", "cosine")
 ARCH_KEYS = ("scheme", "depth", "width", "block", "groups", "group_width", "preact", "shortcut",
              "noise", "noise_prob", "lm_k", "stages", "stem")
 TRAIN_KEYS = ("lr", "weight_decay", "batch_size", "momentum", "nesterov", "label_smoothing",
-              "schedule", "warmup_epochs", "seed")
+              "schedule", "warmup_epochs", "seed", "bn_recalibration")
 _TRAIN_DEFAULTS: dict[str, Any] = {"lr": 0.1, "weight_decay": 5e-4, "batch_size": 128, "momentum": 0.9,
                                    "nesterov": True, "label_smoothing": 0.0, "schedule": "cosine",
-                                   "warmup_epochs": 0, "seed": 0}
+                                   "warmup_epochs": 0, "seed": 0, "bn_recalibration": 0}
 _CONDITIONS = {  # parameter -> (field it depends on, values that switch it on)
     "noise_prob": ("noise", ("stochastic_depth",)),
     "groups": ("block", ("resnext",)),
@@ -465,6 +465,7 @@ def _parse_training(r: _Reader, value: Any) -> dict[str, Param]:
         "schedule": lambda v, k: r.choice(v, k, SCHEDULES),
         "warmup_epochs": lambda v, k: r.number(v, k, integer=True, low=0),
         "seed": lambda v, k: r.number(v, k, integer=True, low=0),
+        "bn_recalibration": lambda v, k: r.number(v, k, integer=True, low=0),
     }
     return {key: r.param(section.get(key, _TRAIN_DEFAULTS[key]), f"training.{key}", checkers[key]) for key in TRAIN_KEYS}
 

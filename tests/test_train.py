@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from lmsearch.arch import ArchSpec
 from lmsearch.data import load_dataset
@@ -73,8 +74,9 @@ def test_same_seed_same_result(tiny_data) -> None:
     assert _timeless(r3.history) != _timeless(r1.history)
 
 
-def test_resume_from_epoch_checkpoint_is_bit_exact(tiny_data) -> None:
-    config = _config(epochs=3, schedule="cosine", warmup_epochs=1)
+@pytest.mark.parametrize("bn_recalibration", [0, 2])
+def test_resume_from_epoch_checkpoint_is_bit_exact(tiny_data, bn_recalibration: int) -> None:
+    config = _config(epochs=3, schedule="cosine", warmup_epochs=1, bn_recalibration=bn_recalibration)
     full_model = lm_net(width=4)
     full = Trainer(full_model, tiny_data, config).fit()
 
@@ -100,6 +102,29 @@ def test_resume_from_epoch_checkpoint_is_bit_exact(tiny_data) -> None:
     assert [h["epoch"] for h in seen] == [2, 3] and result.status == "completed"
     assert _timeless(result.history) == _timeless(full.history)
     assert _same_weights(resumed_model, full_model)
+
+
+def test_bn_recalibration_is_update_bn_and_leaves_training_alone(tiny_data) -> None:
+    plain_model, recal_model = lm_net(width=4), lm_net(width=4)
+    plain = Trainer(plain_model, tiny_data, _config(epochs=2))
+    recal = Trainer(recal_model, tiny_data, _config(epochs=2, bn_recalibration=3))
+    rp, rr = plain.fit(), recal.fit()
+    # the training path is untouched: same losses, same learned parameters
+    assert [h["train_loss"] for h in rp.history] == [h["train_loss"] for h in rr.history]
+    assert all(torch.equal(a, b) for a, b in zip(plain_model.parameters(), recal_model.parameters(), strict=True))
+    # only the statistics differ, and they are update_bn's over the last epoch's seeded batches
+    batches = recal.recalibration_batches(2)
+    assert [len(b) for b in batches] == [32, 32, 32]
+    running = {k: v.clone() for k, v in plain_model.state_dict().items() if "running" in k}
+    assert any(not torch.equal(v, recal_model.state_dict()[k]) for k, v in running.items())
+    update_bn(batches, plain_model)
+    assert _same_weights(plain_model, recal_model)
+    assert plain.evaluate("val") == recal.evaluate("val")
+    assert rr.history[-1]["val_acc"] == recal.evaluate("val")["acc"]
+    # the batches come from a permutation seeded by (seed, epoch): unaugmented training images
+    assert not torch.equal(batches[0], recal.recalibration_batches(1)[0])
+    with pytest.raises(ValueError, match="bn_recalibration must be an integer >= 0"):
+        _config(bn_recalibration=-1)
 
 
 def test_divergence_stops_with_a_clear_status(tiny_data) -> None:

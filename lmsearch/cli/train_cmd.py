@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="E", help="linear warm-up")
     t.add_argument("--seed", type=int, default=0, help="seeds initialisation, split, order and augmentation")
     t.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    t.add_argument("--bn-recalibration", type=int, default=0, metavar="N",
+                   help="precise BN: re-estimate batch-norm statistics from N training batches before "
+                        "each evaluation (default 0: PyTorch's running averages)")
     t.add_argument("--init-weights", action="store_true", help="start from an export's weights (fine-tune)")
     r = parser.add_argument_group("running")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
@@ -185,7 +188,8 @@ def _train(args: argparse.Namespace) -> int:
                              nesterov=args.nesterov, weight_decay=args.weight_decay,
                              label_smoothing=args.label_smoothing, schedule=args.schedule,
                              warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
-                             compile=args.compile, amp=args.amp, augment=args.augment, progress=args.progress)
+                             compile=args.compile, amp=args.amp, augment=args.augment, progress=args.progress,
+                             bn_recalibration=args.bn_recalibration)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     if args.save and Path(args.save).exists() and not Path(args.save).is_dir():
