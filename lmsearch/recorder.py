@@ -16,7 +16,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from lmsearch import results
-from lmsearch.searcher import FAILED, RUNNING, trial_outcome
+from lmsearch.searcher import COMPLETE, FAILED, PRUNED, RUNNING, trial_outcome
 from lmsearch.space import SearchSpace
 
 __all__ = ["TrialRecorder", "ray_trial_row"]
@@ -32,16 +32,18 @@ def _error_text(trial: Trial) -> str:
     return lines[-1][:500] if lines else "trial raised an error"
 
 
-def ray_trial_row(trial: Trial, space: SearchSpace, ending: str | None = None) -> dict[str, Any]:
+def ray_trial_row(trial: Trial, space: SearchSpace, ending: str | None = None, ended: bool = True) -> dict[str, Any]:
     """One row of trials.csv for a Ray trial (see lmsearch.results.TRIAL_COLUMNS).
 
     ``ending`` is "complete" or "error" for the trial whose end is being reported:
-    Ray calls back before it updates the trial's status.
+    Ray calls back before it updates the trial's status. ``ended=False`` says Ray
+    never reported the trial's end: a TERMINATED trial is then one that Ctrl-C
+    stopped mid-way (it stays RUNNING, and ``--resume`` continues it), not a pruned one.
     """
     config, result = trial.config, trial.last_result or {}
     if trial.status == Trial.ERROR or ending == "error":
         state = FAILED
-    elif trial.status == Trial.TERMINATED or ending == "complete":
+    elif ending == "complete" or (trial.status == Trial.TERMINATED and ended):
         state = trial_outcome(result, errored=False)
     else:
         state = RUNNING
@@ -79,11 +81,27 @@ class TrialRecorder(Callback):
         """``earlier``: rows of trials run by a previous Tuner (a search resumed from its study), kept as they are."""
         self.space, self.exp_dir = space, Path(exp_dir)
         self._earlier = list(earlier or [])
+        self._read_folder()
+
+    def _read_folder(self) -> None:
+        """What the folder already records: the epochs in curves.csv, the trials that ended in trials.csv."""
+        # trials whose end Ray reported, in this run or (as a finished row of trials.csv) an earlier one
+        self._ended = {row["trial_id"] for row in results.read_trial_rows(self.exp_dir)
+                       if row["state"] in (COMPLETE, PRUNED, FAILED)}
         self._curves: dict[tuple[str, int], dict[str, Any]] = {}
         curves_file = self.exp_dir / results.CURVES_FILE
         if curves_file.is_file():  # a resumed search keeps the epochs already recorded
             for row in pd.read_csv(curves_file).to_dict("records"):
                 self._curves[(str(row["trial_id"]), int(row["epoch"]))] = row
+
+    # Tuner.restore unpickles this callback from the state saved when the search started; what
+    # happened since is in the folder, so it is read again rather than taken from the pickle.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_ended", "_curves")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._read_folder()
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         if result.get("epoch", 0) >= 1:
@@ -94,9 +112,11 @@ class TrialRecorder(Callback):
         self.write_trials(trials)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
         self.write_trials(trials, ending=(trial.trial_id, "complete"))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
         self.write_trials(trials, ending=(trial.trial_id, "error"))
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
@@ -104,6 +124,6 @@ class TrialRecorder(Callback):
 
     def write_trials(self, trials: list[Trial], ending: tuple[str, str] | None = None) -> None:
         ended_id, how = ending or (None, None)
-        rows = [ray_trial_row(t, self.space, how if t.trial_id == ended_id else None)
+        rows = [ray_trial_row(t, self.space, how if t.trial_id == ended_id else None, t.trial_id in self._ended)
                 for t in trials if "spec" in t.config]
         results.write_trials_table(self.exp_dir, self._earlier + rows)

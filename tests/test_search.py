@@ -171,6 +171,8 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path: 
     driver.wait(timeout=120)
     meta = json.loads((exp / "experiment.json").read_text())
     assert meta["status"] == "interrupted"
+    # a trial that Ctrl-C stopped mid-way is unfinished (RUNNING), not pruned or failed
+    assert set(lmsearch.load_results(exp).state) <= {"COMPLETE", "RUNNING"}
 
     proc = cli("search", str(space), "--out", str(exp), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -180,6 +182,10 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path: 
     # the finished trials were not trained again: same metrics, same wall time
     assert list(kept.val_acc) == list(before.val_acc)
     assert list(kept.wall_time_s) == list(before.wall_time_s)
+    # and no epoch recorded before the interrupt was lost from the learning curves
+    curves = lmsearch.load_curves(exp)
+    assert sorted(zip(curves.trial_id, curves.epoch, strict=True)) == sorted(
+        (t, e) for t in after.trial_id for e in (1, 2))
     trials = study_trials(exp, "resumable")
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert json.loads((exp / "experiment.json").read_text())["status"] == "finished"
