@@ -44,12 +44,16 @@ CURVES = DATA / "pruning_curves.csv"
 
 
 def policies(eta: int, min_epochs: int) -> dict[str, dict]:
-    """The compared pruners; ASHA and pareto share the rungs (eta, min_epochs)."""
+    """The compared pruners; ASHA and pareto share the rungs (eta, min_epochs).
+
+    ``pareto-hv`` breaks ties within a front by hypervolume contribution instead of crowding.
+    """
     return {
         "none": {"name": "none"},
         "asha": {"name": "successive_halving", "eta": eta, "min_epochs": min_epochs},
         "median": {"name": "median", "warmup_epochs": min_epochs},
         "pareto": {"name": "pareto", "eta": eta, "min_epochs": min_epochs},
+        "pareto-hv": {"name": "pareto", "eta": eta, "min_epochs": min_epochs, "tie_break": "hypervolume"},
     }
 
 
@@ -160,7 +164,7 @@ def main() -> int:
             for min_epochs in args.min_epochs_list:
                 if min_epochs >= bench.budget:
                     continue
-                for name in ("asha", "pareto"):
+                for name in ("asha", "pareto", "pareto-hv"):
                     r = bench.run(policies(eta, min_epochs)[name])
                     rows.append({"policy": name, "eta": eta, "min_epochs": min_epochs, **r})
         df = pd.DataFrame(rows)
