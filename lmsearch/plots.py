@@ -234,7 +234,9 @@ def plot_compression(table: pd.DataFrame, path: str | os.PathLike, trials: pd.Da
             noise = done["noise"] if "noise" in done.columns else pd.Series([None] * len(done), index=done.index)
             mine = done[[family_of(s, n) == family for s, n in zip(done["scheme"], noise, strict=True)]]
             ax.scatter(_num(mine["params"]), 100 * (1 - _num(mine[metric])), color=colour, alpha=0.3, s=10)
-    ax.set_xscale("log")
+    params = _num(table["params"])
+    if len(params) and np.nanmax(params) > 10 * np.nanmin(params):  # log only when it spans a decade
+        ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel(f"{_LABELS.get(metric, metric).replace('accuracy', 'error')} (%)")
     ax.grid(True, which="both", alpha=0.3)
