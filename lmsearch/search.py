@@ -221,22 +221,19 @@ def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path) -> tu
     the number of trials left to run and the earlier trials.csv rows, with the
     rows of unfinished trials marked FAILED.
     """
-    import optuna
+    from lmsearch.searcher import COMPLETE, FAILED, PRUNED, RUNNING  # imports Ray: not at module import
 
     searcher.reconcile_orphans()
-    study = searcher._ot_study.get_trials(deepcopy=False)
-    finished = [t for t in study if t.state.is_finished() and "orphaned" not in t.user_attrs]
-    states = {t.number: t.state for t in study}
-    told = {optuna.trial.TrialState.COMPLETE: "COMPLETE", optuna.trial.TrialState.PRUNED: "PRUNED"}
+    finished = searcher.finished_outcomes()
     rows = results.read_trial_rows(exp_dir)
     for row in rows:
-        if row["state"] != "RUNNING":
+        if row["state"] != RUNNING:
             continue
-        state = states.get(int(row["number"])) if row.get("number") else None
-        if state in told:  # told to Optuna just before the driver died
-            row["state"] = told[state]
+        told = finished.get(int(row["number"])) if row.get("number") else None
+        if told in (COMPLETE, PRUNED):  # told to Optuna just before the driver died
+            row["state"] = told
         else:
-            row["state"] = "FAILED"
+            row["state"] = FAILED
             row["error"] = "interrupted; resumed from the study, which queued this configuration again"
     left = max(0, space.num_samples - len(finished))
     print(f"lmsearch: no Ray state in {exp_dir / RAY_DIR}; resuming from the study: {len(finished)} trials "

@@ -166,6 +166,15 @@ class StudySearcher(OptunaSearch):
             orphans.append(t.number)
         return orphans
 
+    def finished_outcomes(self) -> dict[int, str]:
+        """Optuna trial number -> COMPLETE, PRUNED or FAILED for every trial the study has finished.
+
+        Orphans failed by :meth:`reconcile_orphans` are left out: their configuration runs again.
+        """
+        names = {optuna.trial.TrialState.COMPLETE: COMPLETE, optuna.trial.TrialState.PRUNED: PRUNED}
+        return {t.number: names.get(t.state, FAILED) for t in self._ot_study.get_trials(deepcopy=False)
+                if t.state.is_finished() and "orphaned" not in t.user_attrs}
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
