@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Issue 14's experiment, resumable across sessions and machines: the convergence check
+# (ResNet-20 at twice the epochs), then the grid. Each search continues where it stopped
+# (from Ray's state when this machine has it, else from the committed study and the
+# epoch checkpoints in the folder); a finished one is skipped.
+#   nohup scripts/compression_paper.sh > compression.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LMSEARCH=${LMSEARCH:-.venv/bin/lmsearch}
+OUT=${OUT:-results/compression-paper-w8}
+export RAY_AUTH_MODE=disabled
+
+status() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("status", ""))' "$1/experiment.json"; }
+
+run() {
+    local space=$1 out=$2
+    if [ -f "$out/experiment.json" ]; then
+        if [ "$(status "$out")" = finished ]; then
+            echo "[compression] $out: finished"
+            return
+        fi
+        echo "[compression] $out: resuming ($(date -u +%FT%TZ))"
+        $LMSEARCH search "$space" --out "$out" --resume
+    else
+        echo "[compression] $out: starting ($(date -u +%FT%TZ))"
+        mkdir -p "$(dirname "$out")"
+        $LMSEARCH search "$space" --out "$out"
+    fi
+    echo "[compression] $out: $(status "$out") ($(date -u +%FT%TZ))"
+}
+
+run search_spaces/compression_paper_w8_convergence.yaml "$OUT/convergence"
+run search_spaces/compression_paper_w8.yaml "$OUT/grid"
