@@ -44,7 +44,7 @@ def images_per_s(scheme: str, depth: int, width: int, amp: bool, args: argparse.
     from lmsearch.arch import ArchSpec
     from lmsearch.data import load_dataset
     from lmsearch.nn.network import build_model
-    from lmsearch.train import Trainer, TrainConfig
+    from lmsearch.train import TrainConfig, Trainer
 
     n = args.batches * args.batch_size
     data = load_dataset("synthetic", num_train=n, num_test=args.batch_size, shape=(1, 28, 28), num_classes=10,

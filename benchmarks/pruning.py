@@ -89,9 +89,9 @@ def replay(table: pd.DataFrame, policy: dict, seed: int, workers: int) -> Outcom
     order = sorted(curves)
     random.Random(seed).shuffle(order)
     budget = int(table.epoch.max())
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    scheduler = PrunerScheduler(make_pruner(policy, budget), storage_url="", study_name="replay")
-    scheduler._study = study  # in memory: the replay has no experiment folder
+    storage = optuna.storages.InMemoryStorage()  # the replay has no experiment folder
+    study = optuna.create_study(storage=storage, study_name="replay", directions=["maximize", "minimize"])
+    scheduler = PrunerScheduler(make_pruner(policy, budget), storage, "replay")
     clock: list[tuple[float, int, str, int]] = []  # (time, tiebreak, trial, epoch that ends then)
     ot_trials: dict[str, optuna.Trial] = {}
     queue = list(order)
@@ -155,7 +155,7 @@ def main() -> int:
         return 0
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    bench = Bench(pd.read_csv(args.curves), args.seeds, args.workers)
+    bench = Bench(pd.read_csv(args.curves, dtype={"trial_id": str}), args.seeds, args.workers)
     print(f"{len(bench.final)} trials x {bench.budget} epochs, true front {len(bench.true_front)} points, "
           f"{args.workers} workers, {args.seeds} seeds")
     if args.command == "sweep":

@@ -28,11 +28,14 @@ _EXPORTS: dict[str, str] = {
     "load_curves": "lmsearch.results",
     "pareto_front": "lmsearch.pareto",
     "hypervolume": "lmsearch.pareto",
-    "save_architecture": "lmsearch.export",
-    "load_architecture": "lmsearch.export",
+    "aggregate_seeds": "lmsearch.pareto",
+    "save_architecture": "lmsearch.archfile",
+    "load_architecture": "lmsearch.archfile",
     "lm_coefficients": "lmsearch.analysis",
     "experiment_lm_coefficients": "lmsearch.analysis",
     "compression_table": "lmsearch.analysis",
+    "interpolated_compression": "lmsearch.analysis",
+    "compression_verdict": "lmsearch.analysis",
 }
 
 __all__ = ["__version__", *_EXPORTS]

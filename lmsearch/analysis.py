@@ -21,6 +21,9 @@ plus the dt/2 u'' term every first-order scheme carries.
 scheme x depth x seed into the paper's table (see its docstring for the exact
 rule) and :func:`monotonicity` checks the precondition that makes it
 meaningful: ResNet accuracy must rise with depth by more than seed noise.
+:func:`interpolated_compression` places every LM net on ResNet's
+accuracy-vs-log(params) curve, with a bootstrap interval over seeds, and
+:func:`compression_verdict` reads the paper's claim off it.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lmsearch.states import COMPLETE
+
 __all__ = ["lm_coefficients", "lm_steps", "experiment_lm_coefficients", "compression_table", "monotonicity",
-           "family_of"]
+           "family_of", "matched_params", "interpolated_compression", "compression_verdict"]
 
 
 # =========================================================================== LM coefficients
@@ -126,7 +131,7 @@ def lm_coefficients(model: Any, dt: float = 1.0) -> pd.DataFrame:
     return out.astype({"stage": "int64", "step": "int64", "index": "int64", "n_k": "int64"})
 
 
-def experiment_lm_coefficients(exp_dir: Any, states: tuple[str, ...] = ("COMPLETE",)) -> pd.DataFrame:
+def experiment_lm_coefficients(exp_dir: Any, states: tuple[str, ...] = (COMPLETE,)) -> pd.DataFrame:
     """:func:`lm_coefficients` of every LM trial of an experiment whose final weights are on disk.
 
     One row per trial and LM step: the trial's ``trial_id``, ``number``,
@@ -140,7 +145,8 @@ def experiment_lm_coefficients(exp_dir: Any, states: tuple[str, ...] = ("COMPLET
         >>> k = experiment_lm_coefficients("results/compression-fashion-mnist/cpu")  # doctest: +SKIP
         >>> k.groupby(["depth", "stage"]).k.mean()                                  # doctest: +SKIP
     """
-    from lmsearch.export import find_trial_weights, load_architecture
+    from lmsearch.archfile import load_architecture
+    from lmsearch.export import find_trial_weights
     from lmsearch.results import load_results
 
     trials = load_results(exp_dir)
@@ -180,7 +186,7 @@ def _finished(df: pd.DataFrame, metric: str) -> pd.DataFrame:
         raise KeyError(f"compression_table needs column(s) {missing}; the table has {list(df.columns)}")
     out = df
     if "state" in out.columns:
-        out = out[out["state"].astype(object).eq("COMPLETE").to_numpy(dtype=bool)]
+        out = out[out["state"].astype(object).eq(COMPLETE).to_numpy(dtype=bool)]
     values = pd.to_numeric(out[metric], errors="coerce")
     params = pd.to_numeric(out["params"], errors="coerce")
     return out[(values.notna() & params.notna()).to_numpy(dtype=bool)]
@@ -310,3 +316,138 @@ def monotonicity(
     columns = ["depth_from", "depth_to", "acc_from", "acc_to", "gain", "spread", "rises"]
     return pd.DataFrame(out, columns=columns).astype({"rises": bool})
 
+
+
+# =========================================================================== interpolated compression
+def matched_params(acc: float, params: np.ndarray, means: np.ndarray) -> tuple[float, str]:
+    """The baseline parameter count whose accuracy equals ``acc`` on the curve ``(params, means)``.
+
+    The curve is piecewise linear in log(params) through the baseline's mean
+    accuracies, sorted by params; the first crossing walking up in params counts.
+    Returns ``(P*, bound)``: ``bound`` is ``""`` for an interpolated value, ``">="``
+    when ``acc`` is above every point (P* is then at least the largest params) and
+    ``"<="`` when it is below the smallest net (P* at most the smallest params).
+
+    Example:
+        >>> matched_params(0.85, np.array([100.0, 400.0]), np.array([0.80, 0.90]))
+        (200.0, '')
+        >>> matched_params(0.95, np.array([100.0, 400.0]), np.array([0.80, 0.90]))
+        (400.0, '>=')
+    """
+    if acc < means[0]:
+        return float(params[0]), "<="
+    if acc == means[0]:
+        return float(params[0]), ""
+    above = np.flatnonzero(means >= acc)
+    if not len(above):
+        return float(params[-1]), ">="
+    j = int(above[0])
+    t = (acc - means[j - 1]) / (means[j] - means[j - 1])
+    log_p = np.log(params[j - 1]) + t * (np.log(params[j]) - np.log(params[j - 1]))
+    return float(np.round(np.exp(log_p), 6)), ""
+
+
+def _seed_values(data: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, np.ndarray]]:
+    return [(key if isinstance(key, tuple) else (key,), group["_acc"].to_numpy(dtype=float))
+            for key, group in data.groupby(keys, sort=True, dropna=False)]
+
+
+def interpolated_compression(
+    df: pd.DataFrame,
+    metric: str = "test_acc",
+    baseline: str = "euler",
+    compressed: str = "lm",
+    n_boot: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every ``compressed`` net placed on the ``baseline``'s accuracy-vs-log(params) curve.
+
+    ``df`` is a trials table with one row per trial and seed (``load_results``);
+    only COMPLETE trials with a value of ``metric`` count. The baseline curve runs
+    through the mean accuracy of each baseline net (one point per depth/width).
+    For each net of a family of scheme ``compressed`` (``lm``, ``lm+stochastic_depth``,
+    ...), one row:
+
+    * ``family, depth, width, params, n, acc_mean, acc_sem``;
+    * ``matched_params``: the baseline parameter count with the same mean accuracy
+      (:func:`matched_params`), ``bound``: ``""``, ``">="`` or ``"<="`` (beyond the curve);
+    * ``compression`` = 1 - params / matched_params (0.5: half the parameters);
+    * ``ci_low``, ``ci_high``: the ``confidence`` percentile interval of the compression
+      over ``n_boot`` bootstrap resamples of the seeds of every net (baseline and
+      compressed, each with replacement), the matching redone in each resample
+      (a resample beyond the curve counts at its bound); ``beyond_curve``: the share
+      of resamples that fell beyond it.
+
+    Example:
+        >>> df = pd.DataFrame({"scheme": ["euler"] * 4 + ["lm"] * 2, "depth": [20, 20, 56, 56, 20, 20],
+        ...                    "params": [100, 100, 400, 400, 101, 101],
+        ...                    "test_acc": [0.80, 0.80, 0.90, 0.90, 0.85, 0.85]})
+        >>> row = interpolated_compression(df, n_boot=100).iloc[0]
+        >>> float(row.matched_params), round(float(row.compression), 3), float(row.ci_low)
+        (200.0, 0.495, 0.495)
+    """
+    data = _finished(df, metric).copy()
+    noise = data["noise"] if "noise" in data.columns else pd.Series([None] * len(data), index=data.index)
+    data["family"] = [family_of(s, n) for s, n in zip(data["scheme"].astype(object), noise.astype(object), strict=True)]
+    data["_acc"] = pd.to_numeric(data[metric], errors="coerce").astype(float)
+    data["params"] = pd.to_numeric(data["params"]).astype(float)
+    keys = ["depth", "width", "params"] if "width" in data.columns else ["depth", "params"]
+    base = _seed_values(data[data["family"] == baseline], ["params", *[k for k in keys if k != "params"]])
+    columns = ["family", "depth", "width", "params", "n", "acc_mean", "acc_sem", "matched_params", "bound",
+               "compression", "ci_low", "ci_high", "beyond_curve"]
+    if not base:
+        return pd.DataFrame(columns=columns)
+    base_params = np.array([key[0] for key, _ in base])
+    base_means = np.array([values.mean() for _, values in base])
+    rng = np.random.default_rng(seed)
+
+    def resampled_means(values: np.ndarray) -> np.ndarray:
+        return values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+
+    boot_base = np.stack([resampled_means(values) for _, values in base], axis=1)  # (n_boot, nets)
+    rows = []
+    for family in sorted(f for f in data["family"].unique() if str(f).split("+")[0] == compressed):
+        for key, values in _seed_values(data[data["family"] == family], keys):
+            fields = dict(zip(keys, key, strict=True))
+            p = float(fields["params"])
+            acc = float(values.mean())
+            matched, bound = matched_params(acc, base_params, base_means)
+            boot_acc = resampled_means(values)
+            boot = np.empty(n_boot)
+            beyond = 0
+            for b in range(n_boot):
+                m, bnd = matched_params(boot_acc[b], base_params, boot_base[b])
+                boot[b] = 1.0 - p / m
+                beyond += bnd != ""
+            tail = (1.0 - confidence) / 2
+            rows.append({
+                "family": family, "depth": int(fields["depth"]), "width": fields.get("width"), "params": int(p),
+                "n": len(values), "acc_mean": acc,
+                "acc_sem": float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else np.nan,
+                "matched_params": matched, "bound": bound, "compression": 1.0 - p / matched,
+                "ci_low": float(np.quantile(boot, tail)), "ci_high": float(np.quantile(boot, 1.0 - tail)),
+                "beyond_curve": beyond / n_boot,
+            })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def compression_verdict(table: pd.DataFrame, target: float = 0.5) -> str:
+    """The paper's claim read off :func:`interpolated_compression`, decided by the intervals.
+
+    ``reproduced``: the interval of some net lies entirely above ``target``;
+    ``no compression``: every interval contains 0 or lies below it;
+    ``partial``: otherwise (compression shown, but not ``target``);
+    ``undecided``: no net to judge.
+
+    Example:
+        >>> compression_verdict(pd.DataFrame({"ci_low": [0.1, 0.55], "ci_high": [0.3, 0.7]}))
+        'reproduced'
+    """
+    if not len(table):
+        return "undecided"
+    if (table["ci_low"] > target).any():
+        return "reproduced"
+    if (table["ci_low"] <= 0).all():
+        return "no compression"
+    return "partial"

@@ -26,7 +26,7 @@ __all__ = ["ArchSpec", "BLOCKS", "NOISES", "STEMS", "SHORTCUTS", "LM_K_MODES", "
 BLOCKS = ("basic", "bottleneck", "resnext")
 NOISES = ("none", "stochastic_depth", "shake_shake")
 STEMS = ("small", "imagenet")
-SHORTCUTS = ("conv", "pad")
+SHORTCUTS = ("conv", "pad", "preact_conv")
 LM_K_MODES = ("scalar", "channel")
 _LAYERS_PER_FUNCTION = {"basic": 2, "bottleneck": 3, "resnext": 3}
 _DEFAULT_STAGES = {"small": 3, "imagenet": 4}
@@ -70,8 +70,10 @@ class ArchSpec:
             channels in the first stage).
         groups, group_width: ResNeXt cardinality and per-group width.
         preact: pre-activation ordering (BN-ReLU-conv) instead of conv-BN-ReLU.
-        shortcut: ``conv`` (1x1 projection) or ``pad`` (He et al.'s option A:
-            subsample and zero-pad channels; basic blocks only).
+        shortcut: ``conv`` (1x1 projection), ``pad`` (He et al.'s option A:
+            subsample and zero-pad channels; basic blocks only) or ``preact_conv``
+            (BN-ReLU-1x1 conv with its own batch norm, applied to the step's input:
+            the LM-ResNet authors' projection; pre-activation nets only).
         noise: ``none``, ``stochastic_depth`` or ``shake_shake``.
         noise_prob: stochastic depth's drop probability of the last step,
             ``1 - p_L``; survival falls linearly from 1 to ``p_L`` over the
@@ -91,7 +93,7 @@ class ArchSpec:
     groups: int = 1
     group_width: int = 0
     preact: bool = True
-    shortcut: Literal["conv", "pad"] = "conv"
+    shortcut: Literal["conv", "pad", "preact_conv"] = "conv"
     noise: Literal["none", "stochastic_depth", "shake_shake"] = "none"
     noise_prob: float = 0.0
     lm_k: Literal["scalar", "channel"] = "scalar"
@@ -144,6 +146,8 @@ class ArchSpec:
             )
         if self.shortcut == "pad" and self.block != "basic":
             raise ValueError(f"shortcut=pad is only for block=basic; got block={self.block}")
+        if self.shortcut == "preact_conv" and not self.preact:
+            raise ValueError("shortcut=preact_conv (BN-ReLU-conv) is only for pre-activation nets; got preact=false")
 
     def _validate_noise(self) -> None:
         p = self.noise_prob

@@ -30,10 +30,13 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from lmsearch.states import COMPLETE
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -46,6 +49,8 @@ __all__ = [
     "hypervolume_points",
     "pareto_front",
     "hypervolume",
+    "aggregate_seeds",
+    "repeats_seeds",
 ]
 
 #: The default trade-off: accuracy up, parameters down.
@@ -328,7 +333,7 @@ def pareto_front(
     df: pd.DataFrame,
     objectives: Objectives = None,
     by: str | Sequence[str] | None = None,
-    states: Sequence[str] | None = ("COMPLETE",),
+    states: Sequence[str] | None = (COMPLETE,),
 ) -> pd.DataFrame:
     """The non-dominated rows of a trials table.
 
@@ -381,7 +386,7 @@ def hypervolume(
     df: pd.DataFrame,
     ref: Mapping[str, float] | Sequence[float],
     objectives: Objectives = None,
-    states: Sequence[str] | None = ("COMPLETE",),
+    states: Sequence[str] | None = (COMPLETE,),
 ) -> float:
     """Hypervolume of a trials table's objectives with respect to ``ref``.
 
@@ -412,3 +417,88 @@ def hypervolume(
     points = objective_matrix(df, objs)
     points = points[_eligible(df, points, states)]
     return hypervolume_points(points, ref_min)
+
+
+# --------------------------------------------------------------------------- seeds as replicates
+#: Metrics :func:`aggregate_seeds` averages (each gets ``<name>_sem`` beside it).
+SEED_METRICS = ("val_acc", "val_loss", "test_acc", "wall_time_s")
+
+
+def _recipe_without_seed(train_json: object) -> str:
+    if not isinstance(train_json, str) or not train_json:
+        return ""
+    recipe = json.loads(train_json)
+    recipe.pop("seed", None)
+    return json.dumps(recipe, sort_keys=True)
+
+
+def _replicate_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """What makes two trials replicates: experiment, architecture, recipe without its seed, budget, data."""
+    keys = pd.DataFrame(index=df.index)
+    for column in ("experiment", "arch_json", "epochs", "dataset"):
+        if column in df.columns:
+            keys[column] = df[column].astype(object).fillna("")
+    if "train_json" in df.columns:
+        keys["recipe"] = [_recipe_without_seed(v) for v in df["train_json"].astype(object)]
+    if "arch_json" not in keys.columns:
+        raise KeyError("aggregate_seeds needs the arch_json column of a trials table (lmsearch.load_results)")
+    return keys
+
+
+def repeats_seeds(df: pd.DataFrame, states: Sequence[str] | None = (COMPLETE,)) -> bool:
+    """Whether a trials table holds some architecture (and recipe) under more than one seed."""
+    if "arch_json" not in df.columns or not len(df):
+        return False
+    rows = df if states is None or "state" not in df.columns else df[df["state"].astype(object).isin(states)]
+    return bool(len(rows)) and bool(_replicate_keys(rows).duplicated().any())
+
+
+def aggregate_seeds(df: pd.DataFrame, states: Sequence[str] | None = (COMPLETE,)) -> pd.DataFrame:
+    """One row per architecture and recipe, its seeds taken as replicates.
+
+    ``df`` is a trials table (:func:`lmsearch.load_results`, one row per trial);
+    trials that differ only in their seed are one group. Each row keeps the
+    first trial's columns (architecture, params, ...), with ``seed`` replaced
+    by ``seeds`` (the sorted list), plus ``n`` (trials in the group), and for
+    each of :data:`SEED_METRICS` present the mean (under the metric's own name)
+    and ``<metric>_sem``, the standard error of that mean (NaN when n = 1).
+    ``trial_id`` lists the group's trial ids joined by ``+``. Only trials in
+    ``states`` count (default COMPLETE). :func:`pareto_front` and
+    :func:`hypervolume` accept the result as they accept a trials table.
+
+    Example:
+        >>> df = pd.DataFrame({"trial_id": ["a", "b", "c"], "state": "COMPLETE",
+        ...                    "arch_json": ['{"depth": 20}', '{"depth": 20}', '{"depth": 32}'],
+        ...                    "train_json": ['{"seed": 1}', '{"seed": 2}', '{"seed": 1}'],
+        ...                    "seed": [1, 2, 1], "params": [10, 10, 16], "val_acc": [0.75, 0.85, 0.9]})
+        >>> agg = aggregate_seeds(df)
+        >>> agg[["trial_id", "n", "seeds", "val_acc"]].values.tolist()
+        [['a+b', 2, [1, 2], 0.8], ['c', 1, [1], 0.9]]
+    """
+    rows = df if states is None or "state" not in df.columns else df[df["state"].astype(object).isin(states)]
+    if not len(rows):
+        out = rows.iloc[:0].copy()
+        out["n"] = pd.Series(dtype="int64")
+        return out
+    keys = _replicate_keys(rows)
+    groups = rows.groupby([keys[c] for c in keys.columns], sort=False, dropna=False).indices
+    out = []
+    for positions in groups.values():
+        group = rows.iloc[sorted(positions)]
+        first = group.iloc[0].to_dict()
+        first["n"] = len(group)
+        if "trial_id" in group.columns:
+            first["trial_id"] = "+".join(str(t) for t in group["trial_id"])
+        if "seed" in group.columns:
+            first["seeds"] = sorted(int(v) for v in group["seed"].dropna())
+            first.pop("seed")
+        for metric in SEED_METRICS:
+            if metric in group.columns:
+                values = pd.to_numeric(group[metric], errors="coerce").astype(float).dropna()
+                first[metric] = float(values.mean()) if len(values) else np.nan
+                first[f"{metric}_sem"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 \
+                    else np.nan
+        out.append(first)
+    result = pd.DataFrame(out)
+    result.attrs = dict(df.attrs)
+    return result

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lmsearch.pareto import Objectives, hypervolume, normalize_objectives, pareto_front  # noqa: E402
+from lmsearch.states import COMPLETE
 
 __all__ = ["plot_pareto", "plot_curves", "plot_hypervolume", "hypervolume_curve", "plot_lm_coefficients",
            "plot_compression", "trial_label"]
@@ -77,6 +78,9 @@ def plot_pareto(
 ) -> Path:
     """Scatter of all finished trials with the front drawn as a step line and labelled.
 
+    ``df`` may also be :func:`lmsearch.aggregate_seeds`'s table: each point is then an
+    architecture's mean over its seeds, with a bar of one standard error.
+
     The first two objectives are plotted: by default ``val_acc`` (y) against
     ``params`` (x, log scale, as every objective named params/flops is).
     Colours by the ``by`` column; the overall front (over all colours) is the
@@ -88,7 +92,7 @@ def plot_pareto(
         raise ValueError("plot_pareto needs two objectives")
     (y_col, y_dir), (x_col, x_dir) = objs[0], objs[1]
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    done = df["state"].astype(object).eq("COMPLETE").to_numpy(dtype=bool) if "state" in df.columns else np.ones(len(df), bool)
+    done = df["state"].astype(object).eq(COMPLETE).to_numpy(dtype=bool) if "state" in df.columns else np.ones(len(df), bool)
     other = df[~done]
     finished = df[done]
     if len(other):
@@ -96,7 +100,11 @@ def plot_pareto(
     groups = [(None, finished)] if by is None or by not in df.columns else list(
         finished.groupby(finished[by].astype(object).fillna("?"), sort=True))
     for name, group in groups:
-        ax.scatter(_num(group[x_col]), _num(group[y_col]), s=22, alpha=0.8, label=None if name is None else str(name))
+        points = ax.scatter(_num(group[x_col]), _num(group[y_col]), s=22, alpha=0.8,
+                            label=None if name is None else str(name))
+        if f"{y_col}_sem" in group.columns:  # means over seeds (lmsearch.aggregate_seeds): one standard error
+            ax.errorbar(_num(group[x_col]), _num(group[y_col]), yerr=_num(group[f"{y_col}_sem"]), fmt="none",
+                        ecolor=points.get_facecolor()[0], elinewidth=1, capsize=2, alpha=0.8)
     front = pareto_front(df, objs[:2]) if len(objs) == 2 else pareto_front(df, objs)
     if len(front):
         fx, fy = _step_xy(_num(front[x_col]), _num(front[y_col]), x_dir, y_dir)
@@ -158,7 +166,7 @@ def hypervolume_curve(
     """
     done = df
     if "state" in df.columns:
-        done = df[df["state"].astype(object).eq("COMPLETE").to_numpy(dtype=bool)]
+        done = df[df["state"].astype(object).eq(COMPLETE).to_numpy(dtype=bool)]
     if "number" in done.columns:
         done = done.sort_values("number", kind="stable")
     values = [hypervolume(done.iloc[: i + 1], ref, objectives) for i in range(len(done))]
@@ -230,7 +238,7 @@ def plot_compression(table: pd.DataFrame, path: str | os.PathLike, trials: pd.Da
         for xi, yi, depth in zip(x, err, part["depth"], strict=True):
             ax.annotate(str(depth), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
         if trials is not None and len(trials):
-            done = trials[trials["state"].astype(object).eq("COMPLETE").to_numpy(dtype=bool)]
+            done = trials[trials["state"].astype(object).eq(COMPLETE).to_numpy(dtype=bool)]
             noise = done["noise"] if "noise" in done.columns else pd.Series([None] * len(done), index=done.index)
             mine = done[[family_of(s, n) == family for s, n in zip(done["scheme"], noise, strict=True)]]
             ax.scatter(_num(mine["params"]), 100 * (1 - _num(mine[metric])), color=colour, alpha=0.3, s=10)

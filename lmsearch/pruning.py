@@ -2,9 +2,10 @@
 
 Two pieces, one mechanism:
 
-* :class:`PrunerScheduler`, a Ray Tune scheduler that writes each epoch's
-  validation accuracy into the Optuna study as an intermediate value and asks
-  an Optuna pruner whether to stop the trial. All pruner state therefore lives
+* :class:`PrunerScheduler`, a Ray Tune scheduler that records each epoch's
+  validation accuracy in the Optuna study as an intermediate value (through
+  :class:`lmsearch.searcher.StudyRecord`, as the searcher does) and asks an
+  Optuna pruner whether to stop the trial. All pruner state therefore lives
   in the study (SQLite in the experiment folder), so a ``--resume``d search
   prunes exactly as before. Optuna's own pruners refuse multi-objective
   studies (``study.direction`` raises); they are shown a single-objective view
@@ -29,15 +30,15 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.pruners import BasePruner
+from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from lmsearch.pareto import crowding_distance, hypervolume_points, nondominated_rank
+from lmsearch.searcher import PARAMS_ATTR, StudyRecord, study_storage_url
 
 __all__ = ["ParetoPruner", "HyperbandPruner", "PrunerScheduler", "make_pruner", "make_scheduler", "PARAMS_ATTR"]
-
-PARAMS_ATTR = "params"  # Optuna user attribute holding a trial's parameter count
 
 
 def rungs(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
@@ -195,16 +196,19 @@ def make_pruner(config: dict[str, Any], max_epochs: int) -> BasePruner:
 
 
 class PrunerScheduler(FIFOScheduler):
-    """Ray Tune scheduler: record each epoch's ``metric`` in the Optuna study, stop what the pruner prunes.
+    """Ray Tune scheduler: record each epoch's accuracy in the Optuna study, stop what the pruner prunes.
 
     Trials are matched to the study by the Optuna trial number in their config.
-    Only the study's URL and name are pickled with the scheduler (Tune saves it
-    with the experiment); the connection is reopened on demand.
+    ``storage`` is the study's database URL, or a storage object (e.g. an
+    ``InMemoryStorage`` for a replay without an experiment folder). Only the
+    URL and the study name are pickled with the scheduler (Tune saves it with
+    the experiment); the connection is reopened on demand.
     """
 
-    def __init__(self, pruner: BasePruner, storage_url: str, study_name: str, metric: str = "val_acc") -> None:
+    def __init__(self, pruner: BasePruner, storage: str | BaseStorage, study_name: str) -> None:
         super().__init__()
-        self.pruner, self.storage_url, self.study_name, self.report_metric = pruner, storage_url, study_name, metric
+        self.pruner = pruner
+        self.record = StudyRecord(storage, study_name)
         self._study: optuna.Study | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -213,28 +217,23 @@ class PrunerScheduler(FIFOScheduler):
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            self._study = optuna.load_study(study_name=self.study_name, storage=self.storage_url)
+            self._study = optuna.load_study(study_name=self.record.study_name, storage=self.record.storage)
         return self._study
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        if result.get("status") != "running" or self.report_metric not in result or "number" not in trial.config:
+        if result.get("status") != "running" or "number" not in trial.config:
             return TrialScheduler.CONTINUE
-        study = self.study
-        storage = study._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, trial.config["number"])
-        value = float(result[self.report_metric])
-        if not math.isfinite(value):
+        number = trial.config["number"]
+        # Recorded here, before the searcher hears of the result: the pruner judges this epoch.
+        frozen = self.record.record_epoch(number, result)
+        if frozen is None:
             return TrialScheduler.CONTINUE
-        storage.set_trial_intermediate_value(trial_id, int(result["epoch"]), value)
-        frozen = storage.get_trial(trial_id)
-        if self.pruner.prune(_MaximiseAccuracyView(study), frozen):
-            storage.set_trial_user_attr(trial_id, "pruned_at_epoch", int(result["epoch"]))
+        if self.pruner.prune(_MaximiseAccuracyView(self.study), frozen):
+            self.record.set_user_attr(number, "pruned_at_epoch", int(result["epoch"]))
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
 
 def make_scheduler(space: Any, exp_dir: Any) -> PrunerScheduler:
     """The scheduler for a space whose pruner is not ``none``."""
-    from lmsearch.searcher import study_storage_url
-
     return PrunerScheduler(make_pruner(space.pruner, space.epochs), study_storage_url(exp_dir), space.name)

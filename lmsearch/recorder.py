@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from lmsearch import results
-from lmsearch.searcher import COMPLETE, FAILED, PRUNED, RUNNING, trial_outcome
 from lmsearch.space import SearchSpace
+from lmsearch.states import COMPLETE, FAILED, FINISHED, RUNNING, trial_outcome
+from lmsearch.trial_checkpoints import remove_checkpoint
 
 __all__ = ["TrialRecorder", "ray_trial_row"]
 
@@ -32,15 +32,19 @@ def _error_text(trial: Trial) -> str:
     return lines[-1][:500] if lines else "trial raised an error"
 
 
-def ray_trial_row(trial: Trial, space: SearchSpace, ending: str | None = None, ended: bool = True) -> dict[str, Any]:
+def ray_trial_row(trial: Trial, space: SearchSpace, ending: str | None = None, ended: bool = True,
+                  latest: dict[str, Any] | None = None) -> dict[str, Any]:
     """One row of trials.csv for a Ray trial (see lmsearch.results.TRIAL_COLUMNS).
+
+    ``latest`` is the result being reported, when Ray has not stored it yet: Ray
+    calls ``on_trial_result`` back before it updates ``trial.last_result``.
 
     ``ending`` is "complete" or "error" for the trial whose end is being reported:
     Ray calls back before it updates the trial's status. ``ended=False`` says Ray
     never reported the trial's end: a TERMINATED trial is then one that Ctrl-C
     stopped mid-way (it stays RUNNING, and ``--resume`` continues it), not a pruned one.
     """
-    config, result = trial.config, trial.last_result or {}
+    config, result = trial.config, (latest if latest is not None else trial.last_result) or {}
     if trial.status == Trial.ERROR or ending == "error":
         state = FAILED
     elif ending == "complete" or (trial.status == Trial.TERMINATED and ended):
@@ -63,7 +67,7 @@ def ray_trial_row(trial: Trial, space: SearchSpace, ending: str | None = None, e
         flops=result.get("flops"),
         val_acc=result.get("val_acc"),
         val_loss=result.get("val_loss"),
-        test_acc=result.get("test_acc") if state == "COMPLETE" else None,
+        test_acc=result.get("test_acc") if state == COMPLETE else None,
         epochs_run=int(result.get("epoch", 0) or 0),
         wall_time_s=result.get("wall_time_s", result.get("time_total_s")),
         node_id=result.get("node_id"),
@@ -87,12 +91,10 @@ class TrialRecorder(Callback):
         """What the folder already records: the epochs in curves.csv, the trials that ended in trials.csv."""
         # trials whose end Ray reported, in this run or (as a finished row of trials.csv) an earlier one
         self._ended = {row["trial_id"] for row in results.read_trial_rows(self.exp_dir)
-                       if row["state"] in (COMPLETE, PRUNED, FAILED)}
-        self._curves: dict[tuple[str, int], dict[str, Any]] = {}
-        curves_file = self.exp_dir / results.CURVES_FILE
-        if curves_file.is_file():  # a resumed search keeps the epochs already recorded
-            for row in pd.read_csv(curves_file).to_dict("records"):
-                self._curves[(str(row["trial_id"]), int(row["epoch"]))] = row
+                       if row["state"] in FINISHED}
+        # a resumed search keeps the epochs already recorded, read by results' one reader of the format
+        self._curves: dict[tuple[str, int], dict[str, Any]] = {
+            (row["trial_id"], row["epoch"]): row for row in results.read_curve_rows(self.exp_dir)}
 
     # Tuner.restore unpickles this callback from the state saved when the search started; what
     # happened since is in the folder, so it is read again rather than taken from the pickle.
@@ -109,21 +111,32 @@ class TrialRecorder(Callback):
             row.update({k: result.get(k) for k in _CURVE_KEYS})
             self._curves[(trial.trial_id, int(result["epoch"]))] = row
             results.write_curves(self.exp_dir, list(self._curves.values()))
-        self.write_trials(trials)
+        self.write_trials(trials, latest=(trial.trial_id, result))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._ended.add(trial.trial_id)
         self.write_trials(trials, ending=(trial.trial_id, "complete"))
+        self._forget_checkpoint(trial)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._ended.add(trial.trial_id)
         self.write_trials(trials, ending=(trial.trial_id, "error"))
+        self._forget_checkpoint(trial)
+
+    def _forget_checkpoint(self, trial: Trial) -> None:
+        """An ended trial's folder checkpoint goes, once trials.csv records its end."""
+        if "spec" in trial.config:
+            remove_checkpoint(self.exp_dir, trial.config, self.space.epochs)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.write_trials(trials)
 
-    def write_trials(self, trials: list[Trial], ending: tuple[str, str] | None = None) -> None:
+    def write_trials(self, trials: list[Trial], ending: tuple[str, str] | None = None,
+                     latest: tuple[str, dict[str, Any]] | None = None) -> None:
+        """``latest``: (trial id, the result Ray is reporting and has not stored in the trial yet)."""
         ended_id, how = ending or (None, None)
-        rows = [ray_trial_row(t, self.space, how if t.trial_id == ended_id else None, t.trial_id in self._ended)
+        new_id, new = latest or (None, None)
+        rows = [ray_trial_row(t, self.space, how if t.trial_id == ended_id else None, t.trial_id in self._ended,
+                              new if t.trial_id == new_id else None)
                 for t in trials if "spec" in t.config]
         results.write_trials_table(self.exp_dir, self._earlier + rows)

@@ -80,6 +80,7 @@ import numpy as np
 import pandas as pd
 
 from lmsearch.atomic import atomic_write_text
+from lmsearch.states import STATES  # the states of trials.csv
 
 __all__ = [
     "ARCH_COLUMNS",
@@ -94,9 +95,12 @@ __all__ = [
     "write_experiment",
     "write_trials_table",
     "write_curves",
+    "read_trial_rows",
+    "read_curve_rows",
     "write_pareto",
     "load_results",
     "load_curves",
+    "load_pareto",
 ]
 
 PathLike = str | os.PathLike
@@ -105,9 +109,6 @@ EXPERIMENT_FILE = "experiment.json"
 TRIALS_FILE = "trials.csv"
 CURVES_FILE = "curves.csv"
 PARETO_FILE = "pareto.csv"
-
-#: Trial states written to trials.csv.
-STATES = ("COMPLETE", "PRUNED", "FAILED", "RUNNING")
 
 _STR = "string"
 _INT = "Int64"
@@ -271,12 +272,27 @@ def write_trials_table(exp_dir: PathLike, rows: Iterable[Mapping[str, Any]] | pd
 
 
 def read_trial_rows(exp_dir: PathLike) -> list[dict[str, str]]:
-    """trials.csv as written: one ``{column: cell text}`` per row ([] when there is none yet)."""
-    path = Path(exp_dir) / TRIALS_FILE
-    if not path.is_file():
+    """trials.csv as written: one ``{column: cell text}`` per row ([] when there is none yet).
+
+    Cells are kept as text (an empty cell is ``""``), so rows can be edited and
+    written back with :func:`write_trials_table` without changing any value.
+    """
+    raw = _read_csv(Path(exp_dir) / TRIALS_FILE)
+    return [{k: ("" if v is None else v) for k, v in row.items()} for row in raw.to_dict(orient="records")]
+
+
+def read_curve_rows(exp_dir: PathLike) -> list[dict[str, Any]]:
+    """curves.csv as typed rows (:data:`CURVE_DTYPES`; missing cells ``None``), [] when there is none yet.
+
+    The reader a running search uses to carry on a file it wrote earlier: trial
+    ids stay text (``"87736e49"`` is not the number 8.7736e+53).
+    """
+    path = Path(exp_dir) / CURVES_FILE
+    raw = _read_csv(path)
+    if not len(raw.columns):
         return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    table = _convert(raw, CURVE_DTYPES, str(path)).astype(object)
+    return table.where(table.notna(), None).to_dict(orient="records")
 
 
 def write_curves(exp_dir: PathLike, rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> Path:
@@ -361,6 +377,23 @@ def _to_int(values: pd.Series, where: str) -> pd.Series:
     return numbers.astype(_INT)
 
 
+def _to_float(values: pd.Series, where: str) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values.notna() & numbers.isna() & ~values.astype("string").str.strip().str.lower().isin(["nan"])
+    if bad.any():
+        raise ValueError(f"{where}: column {values.name!r} holds a non-number {values[bad].iloc[0]!r}")
+    return numbers.astype(_FLOAT)
+
+
+def _check_states(table: pd.DataFrame, where: str) -> None:
+    if "state" not in table.columns:
+        return
+    bad = table["state"].notna() & ~table["state"].isin(STATES)
+    if bad.any():
+        raise ValueError(f"{where}: column 'state' holds {table['state'][bad].iloc[0]!r}; "
+                         f"allowed: {', '.join(STATES)}")
+
+
 def _convert(raw: pd.DataFrame, dtypes: Mapping[str, str], where: str) -> pd.DataFrame:
     """Give every known column its dtype, add absent ones empty, keep extras after them."""
     out: dict[str, pd.Series] = {}
@@ -371,7 +404,7 @@ def _convert(raw: pd.DataFrame, dtypes: Mapping[str, str], where: str) -> pd.Dat
         if dtype == _INT:
             out[column] = _to_int(values, where)
         elif dtype == _FLOAT:
-            out[column] = pd.to_numeric(values, errors="coerce").astype(_FLOAT)
+            out[column] = _to_float(values, where)
         elif dtype == _BOOL:
             out[column] = _to_bool(values)
         else:
@@ -385,12 +418,39 @@ def _convert(raw: pd.DataFrame, dtypes: Mapping[str, str], where: str) -> pd.Dat
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file() or path.stat().st_size == 0:
+    """A table written by :func:`_write_table`, every cell as text (empty cells NA); refuses a damaged file.
+
+    The writers end every row with a newline and give every row the header's
+    number of cells, so a file cut short (a last line without its newline: a
+    truncated ``0.828`` would otherwise read as ``0.8``) or a garbled row is an
+    :class:`ExperimentFolderError` naming the file and line, never a quietly
+    different table.
+    """
+    if not path.is_file():
         return pd.DataFrame()
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.ParserError as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExperimentFolderError(f"{path}: not a text table (byte {exc.start} is not UTF-8)") from None
+    if not text:
+        return pd.DataFrame()
+    if not text.endswith("\n"):
+        raise ExperimentFolderError(
+            f"{path}: cut short (its last line has no newline, so its last value may be truncated); "
+            "restore the file, or rerun the search with --resume to rewrite it")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as exc:
         raise ExperimentFolderError(f"{path}: not a readable CSV table ({exc})") from None
+    header, body = rows[0], rows[1:]
+    if len(set(header)) < len(header):
+        raise ExperimentFolderError(f"{path}: repeated column names in the header {header}")
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise ExperimentFolderError(
+                f"{path}: line {line} has {len(row)} cells, the header has {len(header)} (garbled or cut short)")
+    table = pd.DataFrame(body, columns=header, dtype=object)
+    return table.where(table != "", None) if len(table) else table
 
 
 def _as_paths(path_or_paths: PathLike | Iterable[PathLike]) -> list[Path]:
@@ -410,7 +470,12 @@ def _load_one(exp: Path, file_name: str, dtypes: Mapping[str, str], dedupe: bool
     meta = read_experiment(exp)
     name = str(meta.get("name") or exp.name)
     raw = _read_csv(exp / file_name)
-    table = _convert(raw, dtypes, str(exp / file_name)) if len(raw.columns) else _empty(dtypes)
+    where = str(exp / file_name)
+    try:
+        table = _convert(raw, dtypes, where) if len(raw.columns) else _empty(dtypes)
+        _check_states(table, where)
+    except ValueError as exc:
+        raise ExperimentFolderError(str(exc)) from None
     if dedupe and len(table):
         # A resumed search rewrites a trial's row; the last row of a trial id wins.
         keep = table["trial_id"].isna() | ~table["trial_id"].duplicated(keep="last")
@@ -475,6 +540,11 @@ def load_curves(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
     if len(df):
         df = df.drop_duplicates(["experiment", "trial_id", "epoch"], keep="last").reset_index(drop=True)
     return df
+
+
+def load_pareto(exp_dir: PathLike) -> pd.DataFrame:
+    """pareto.csv of one folder as written: ``experiment`` then :data:`TRIAL_COLUMNS` (zero rows when absent)."""
+    return _load_many(exp_dir, PARETO_FILE, TRIAL_DTYPES, dedupe=False, sort_by=[])
 
 
 def _arch_fields() -> tuple[str, ...]:

@@ -12,10 +12,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import os
 import shutil
+import socket
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,10 @@ from lmsearch import results
 from lmsearch.cluster import DEFAULT_NODE_IP, init_ray
 from lmsearch.lock import ExperimentLock
 from lmsearch.space import PRUNERS, SearchSpace, load_space
+from lmsearch.states import COMPLETE, FAILED, PRUNED, RUNNING
+from lmsearch.trial_checkpoints import CHECKPOINT_DIR
 
-__all__ = ["run_search", "SearchError", "experiment_dir"]
+__all__ = ["run_search", "SearchError", "SearchInterrupted", "experiment_dir"]
 
 RAY_DIR = "ray"
 TUNE_NAME = "tune"
@@ -35,7 +40,15 @@ FRONT_COLUMNS = ["number", "scheme", "depth", "width", "block", "noise", "params
 
 
 class SearchError(RuntimeError):
-    """The search cannot start (bad output folder, nothing to resume, ...)."""
+    """The search cannot start (bad output folder, nothing to resume, bad data, ...)."""
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """The search stopped before every trial ended (Ctrl-C); ``exp_dir`` holds it, ready for ``--resume``."""
+
+    def __init__(self, exp_dir: Path) -> None:
+        super().__init__(f"the search in {exp_dir} was interrupted")
+        self.exp_dir = exp_dir
 
 
 def experiment_dir(space: SearchSpace, out: str | Path | None, results_root: str | Path = "results") -> Path:
@@ -43,13 +56,25 @@ def experiment_dir(space: SearchSpace, out: str | Path | None, results_root: str
     return Path(out) if out is not None else Path(results_root) / space.name
 
 
-def _check_output(exp_dir: Path, resume: bool) -> None:
-    """Fail before Ray starts when the experiment folder cannot be used."""
+def _make_folder(exp_dir: Path) -> bool:
+    """Create the experiment folder if missing (its parent must exist); True when this call created it."""
     parent = exp_dir.parent
     if not parent.is_dir():
         raise SearchError(f"output parent folder {parent} does not exist; create it or choose another --out")
+    try:
+        exp_dir.mkdir()
+    except FileExistsError:
+        if not exp_dir.is_dir():
+            raise SearchError(f"output folder {exp_dir} exists and is not a folder; choose another --out") from None
+        return False
+    except OSError as exc:
+        raise SearchError(f"output folder {exp_dir} is not writable: {exc.strerror or exc}") from None
+    return True
+
+
+def _check_output(exp_dir: Path, resume: bool) -> None:
+    """With the folder locked, before Ray starts: it is writable and holds what the command needs."""
     try:  # a real write, since permission bits say little to root or on network file systems
-        exp_dir.mkdir(exist_ok=True)
         probe = exp_dir / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
@@ -80,6 +105,26 @@ def _load_for_run(space_path: str | Path, exp_dir: Path, resume: bool, name: str
     return load_space(space_path, name=name)
 
 
+def _check_study(exp_dir: Path, name: str) -> None:
+    """On ``--resume``: a study.db present is a sound SQLite file holding the study ``name``."""
+    path = exp_dir / STUDY_FILE
+    if not path.is_file():
+        return
+    try:  # read-write, so SQLite may roll back a transaction a killed search left; only reads here
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            names = [row[0] for row in db.execute("SELECT study_name FROM studies")]
+    except sqlite3.Error as exc:
+        raise SearchError(f"{path} is corrupt or not an Optuna study ({exc}); restore it from a backup or "
+                          f"version control, or start the experiment again in another --out; "
+                          f"nothing in {exp_dir} was changed") from None
+    if name not in names:
+        raise SearchError(f"{path} holds no study named {name!r} (it holds {', '.join(map(repr, names)) or 'none'});"
+                          f" resume with the experiment's own --name")
+
+
 def run_search(
     space_path: str | Path,
     *,
@@ -107,11 +152,29 @@ def run_search(
             state (``out/ray``, e.g. in a fresh clone of a committed experiment) the
             search continues from its Optuna study instead: unfinished trials are
             marked FAILED and their configurations run again from epoch 0.
+
+    Raises:
+        SearchError: the search cannot start (folder, data, cluster, resources); a new
+            search then leaves nothing behind, a resumed one its folder unchanged.
+        ExperimentLocked: another running search owns the folder.
+        SearchInterrupted: Ctrl-C stopped the search; the folder resumes with ``resume``.
     """
     space = load_space(space_path, name=name)
     exp_dir = experiment_dir(space, out, results_root).resolve()
-    _check_output(exp_dir, resume)
-    with ExperimentLock(exp_dir):
+    lock, made = ExperimentLock(exp_dir), False
+    try:
+        for _ in range(3):
+            made = _make_folder(exp_dir) or made
+            try:
+                lock.acquire()
+                break
+            except FileNotFoundError:
+                continue  # a failed start of another search removed the folder just now
+            except OSError as exc:
+                raise SearchError(f"output folder {exp_dir} is not writable: {exc.strerror or exc}") from None
+        else:
+            raise SearchError(f"output folder {exp_dir} keeps disappearing; is another program removing it?")
+        _check_output(exp_dir, resume)
         space = _load_for_run(space_path, exp_dir, resume, name)
         if num_samples is not None:
             if num_samples < 1:
@@ -121,9 +184,16 @@ def run_search(
             if pruner not in PRUNERS:
                 raise SearchError(f"--pruner must be one of {', '.join(PRUNERS)}; got {pruner!r}")
             space = dataclasses.replace(space, pruner={"name": pruner})
-        if not resume:
-            shutil.copyfile(space_path, exp_dir / SPACE_COPY)
-        return _run(space, exp_dir, address=address, resume=resume, node_ip=node_ip, verbose=verbose)
+        if resume:
+            _check_study(exp_dir, space.name)
+        return _run(space, exp_dir, space_file=None if resume else Path(space_path), address=address,
+                    resume=resume, node_ip=node_ip, verbose=verbose)
+    finally:
+        held = lock.held
+        lock.release()
+        if made and held:  # a failed start leaves no empty folder behind (rmdir refuses a non-empty one)
+            with contextlib.suppress(OSError):
+                exp_dir.rmdir()
 
 
 def _experiment_meta(space: SearchSpace, status: str, created: str) -> dict[str, Any]:
@@ -135,8 +205,82 @@ def _experiment_meta(space: SearchSpace, status: str, created: str) -> dict[str,
     }
 
 
-def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool, node_ip: str | None,
-         verbose: int) -> Path:
+def _load_data(space: SearchSpace) -> Any:
+    """The space's dataset, or a :class:`SearchError` naming the space file and what is wrong."""
+    from lmsearch.data import load_dataset
+
+    try:
+        return load_dataset(**space.dataset_kwargs())  # name, root, val_fraction, seed, subset, image_size
+    except (OSError, ValueError) as exc:
+        raise SearchError(f"{space.path}: dataset {space.dataset!r}: {exc}") from None
+
+
+def _check_address(address: str | None) -> None:
+    """Refuse a ``HOST:PORT`` nobody listens on before Ray starts (``ray.init`` would wait for it for minutes).
+
+    Without ``address``, ``RAY_ADDRESS`` is checked, which ``init_ray`` would join.
+    """
+    given = f"--address {address}" if address is not None else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+    address = address if address is not None else os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # Ray's own forms (a host with its default port, ...): ray.init judges them
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise SearchError(f"cannot reach the Ray cluster at {given}: {exc.strerror or exc}; is its "
+                          f"head running (ray start --head ...) and the address right?") from None
+
+
+def _check_resources(space: SearchSpace) -> None:
+    """Refuse per-trial resources that no node of the cluster has: such trials would stay PENDING forever."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    wanted = {"CPU": ("resources.cpu", space.cpu), "GPU": ("resources.gpu", space.gpu)}
+    if any(all(node.get(key, 0.0) >= value for key, (_, value) in wanted.items()) for node in nodes):
+        return
+    total = ray.cluster_resources()
+    for key, (field, value) in wanted.items():
+        largest = max((node.get(key, 0.0) for node in nodes), default=0.0)
+        if value > largest:
+            raise SearchError(
+                f"{space.path}: {field}: {value:g} per trial, but no node of the Ray cluster has {value:g} {key} "
+                f"(the largest has {largest:g}, the cluster {total.get(key, 0.0):g} in all), so no trial could "
+                f"ever start; lower {field} or add a node that has them")
+    raise SearchError(f"{space.path}: resources: {space.cpu:g} CPU and {space.gpu:g} GPU per trial, but no node of "
+                      f"the Ray cluster has both, so no trial could ever start")
+
+
+def _start_files(exp_dir: Path) -> list[Path]:
+    """What starting a search writes in its folder, deepest first."""
+    study = exp_dir / STUDY_FILE
+    return [exp_dir / RAY_DIR / TUNE_NAME, exp_dir / RAY_DIR, exp_dir / results.EXPERIMENT_FILE,
+            exp_dir / SPACE_COPY, study, *(study.with_name(study.name + end) for end in ("-journal", "-wal", "-shm"))]
+
+
+def _undo_start(exp_dir: Path, existed: set[Path]) -> None:
+    """Remove what a new search that failed before its Tuner ran wrote (nothing it found there)."""
+    for path in _start_files(exp_dir):
+        if path in existed or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address: str | None, resume: bool,
+         node_ip: str | None, verbose: int) -> Path:
+    """Check the data, the cluster and the resources, then run the Tuner.
+
+    Until the Tuner runs, a new search that fails removes what it wrote (``space_file``'s
+    copy, study.db, ray/) and a resumed one leaves its folder, experiment.json included,
+    as it was; from then on experiment.json says running, then finished or interrupted.
+    """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep the classic reporter, cut to useful columns
     # Every epoch checkpoint forces an experiment snapshot (num_to_keep below): wanted, so a killed
     # driver loses at most the epoch in flight; Ray warns about it, which is noise here.
@@ -144,22 +288,28 @@ def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool
     import ray
     from ray import tune
 
-    from lmsearch.data import load_dataset
     from lmsearch.recorder import TrialRecorder
     from lmsearch.searcher import StudySearcher
     from lmsearch.trainable import make_trainable
 
+    data = _load_data(space)  # before Ray starts: a data error leaves nothing behind
+    _check_address(address)
     created = results.read_experiment(exp_dir).get("created") if resume else None
     created = created or _dt.datetime.now().isoformat(timespec="seconds")
-    results.write_experiment(exp_dir, _experiment_meta(space, "running", created))
+    existed = {path for path in _start_files(exp_dir) if path.exists()}
     started_here = not ray.is_initialized()
-    init_ray(address, node_ip=node_ip)
+    began = undo = False  # began: the Tuner runs, and from then on the folder is a search --resume continues
     status = "interrupted"
     try:
-        data_dir = str(Path(space.data_dir).expanduser()) if space.data_dir else None
-        data = load_dataset(space.dataset, root=data_dir, val_fraction=space.val_fraction,
-                            seed=space.seed, subset=space.subset)
-        trainable = make_trainable(space, data)
+        try:
+            init_ray(address, node_ip=node_ip)
+        except ConnectionError as exc:
+            where = f" at --address {address}" if address else ""
+            raise SearchError(f"cannot connect to the Ray cluster{where}: {exc}") from None
+        _check_resources(space)
+        if space_file is not None:
+            shutil.copyfile(space_file, exp_dir / SPACE_COPY)
+        trainable = make_trainable(space, data, exp_dir)
         tune_dir = exp_dir / RAY_DIR / TUNE_NAME
         from_study = resume and not tune_dir.is_dir()
         to_run, earlier = space.num_samples, []
@@ -192,6 +342,8 @@ def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool
                                             trial_name_creator=trial_name, trial_dirname_creator=trial_name),
                 run_config=run_config,
             )
+        results.write_experiment(exp_dir, _experiment_meta(space, "running", created))
+        began = True
         if tuner is None:  # resumed from a study that had nothing left to run
             results.write_trials_table(exp_dir, earlier)
             ran = 0
@@ -200,15 +352,27 @@ def _run(space: SearchSpace, exp_dir: Path, *, address: str | None, resume: bool
         # Ctrl-C makes fit() return early: trials missing, or rows still RUNNING in trials.csv
         if ran >= to_run and not _unfinished(exp_dir):
             status = "finished"
+            shutil.rmtree(exp_dir / CHECKPOINT_DIR, ignore_errors=True)  # no unfinished trial is left
+    except BaseException as exc:
+        undo = not began and not resume
+        if began and type(exc) is KeyboardInterrupt:  # a second Ctrl-C, which Ray lets through
+            raise SearchInterrupted(exp_dir) from None
+        raise
     finally:
-        results.write_experiment(exp_dir, _experiment_meta(space, status, created))
+        if began:
+            results.write_experiment(exp_dir, _experiment_meta(space, status, created))
         if started_here:
             ray.shutdown()
+        if undo:
+            _undo_start(exp_dir, existed)
     from lmsearch.pareto import pareto_front
 
-    front = pareto_front(results.load_results(exp_dir), [(o.name, o.direction) for o in space.objectives])
+    table = results.load_results(exp_dir)
+    front = pareto_front(table, [(o.name, o.direction) for o in space.objectives])
     results.write_pareto(exp_dir, front)
-    _print_front(front, exp_dir, status)
+    _print_front(front, exp_dir, status, table)
+    if status != "finished":
+        raise SearchInterrupted(exp_dir)
     return exp_dir
 
 
@@ -221,7 +385,7 @@ def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path) -> tu
     the number of trials left to run and the earlier trials.csv rows, with the
     rows of unfinished trials marked FAILED.
     """
-    from lmsearch.searcher import COMPLETE, FAILED, PRUNED, RUNNING  # imports Ray: not at module import
+    from lmsearch.states import COMPLETE, FAILED, PRUNED, RUNNING
 
     searcher.reconcile_orphans()
     finished = searcher.finished_outcomes()
@@ -248,7 +412,7 @@ def trial_name(trial: Any) -> str:
 
 def _unfinished(exp_dir: Path) -> bool:
     df = results.load_results(exp_dir)
-    return bool((df["state"] == "RUNNING").any())
+    return bool((df["state"] == RUNNING).any())
 
 
 def _scheduler(space: SearchSpace, exp_dir: Path) -> Any:
@@ -272,8 +436,23 @@ def _reporter(space: SearchSpace) -> Any:
     )
 
 
-def _print_front(front: Any, exp_dir: Path, status: str) -> None:
+def _trial_counts(table: Any) -> str:
+    """``"5 trials: 2 completed, 1 pruned, 2 failed"`` (and how many are unfinished) of a trials table."""
+    counts = table["state"].value_counts()
+    parts = [f"{counts.get(COMPLETE, 0)} completed", f"{counts.get(PRUNED, 0)} pruned",
+             f"{counts.get(FAILED, 0)} failed"]
+    if counts.get(RUNNING, 0):
+        parts.append(f"{counts.get(RUNNING)} unfinished")
+    return f"{len(table)} trial{'s' if len(table) != 1 else ''}: {', '.join(parts)}"
+
+
+def _print_front(front: Any, exp_dir: Path, status: str, table: Any) -> None:
     cols = [c for c in FRONT_COLUMNS if c in front.columns]
+    print(f"\n{_trial_counts(table)}")
+    failed = table[table["state"] == FAILED]
+    if len(failed) and not (table["state"] == COMPLETE).any():
+        first = failed.iloc[0]
+        print(f"no trial completed; the first failure (trial {first['number']}): {first['error']}")
     print(f"\nPareto front ({len(front)} architectures) of {exp_dir}:")
     if len(front):
         print(front[cols].sort_values("params").to_string(index=False))

@@ -1,57 +1,111 @@
 """Optuna inside Ray Tune, with the study on disk and honest trial states.
 
-Ray's ``OptunaSearch`` tells Optuna COMPLETE whenever a trial left a result,
-even when a scheduler stopped it early or it raised after a few epochs; those
-partial values then sit on Optuna's Pareto front. :class:`StudySearcher` tells
-Optuna what really happened (see :func:`trial_outcome`) and keeps the study in
-the experiment folder (SQLite) so ``optuna-dashboard`` can open it and a
-resumed search continues the same study.
+:class:`StudySearcher` is a Ray Tune ``Searcher`` driving Optuna through its
+ask-and-tell interface. Unlike Ray's ``OptunaSearch``, which tells Optuna
+COMPLETE whenever a trial left a result (a trial a scheduler stopped, or one
+that raised after a few epochs, then sits on Optuna's Pareto front), it tells
+Optuna what really happened (:func:`lmsearch.states.trial_outcome`). The study
+lives in the experiment folder (SQLite), so ``optuna-dashboard`` can open it
+and a resumed search continues it; it shows the objectives by name, every
+epoch's validation accuracy as a learning curve, and one ``depth`` per trial.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
-from ray.tune.search.optuna import OptunaSearch
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search import Searcher
 
 from lmsearch.space import SearchSpace
+from lmsearch.states import COMPLETE, FAILED, PRUNED, trial_outcome
 
-__all__ = ["StudySearcher", "trial_outcome", "make_sampler", "study_storage_url", "COMPLETE", "PRUNED", "FAILED",
-           "RUNNING"]
+__all__ = ["StudySearcher", "StudyRecord", "make_sampler", "study_storage_url", "EPOCH_METRIC", "PARAMS_ATTR",
+           "DEPTH_ATTR"]
 
-COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
-# Statuses a trial function reports besides "running"/"completed".
-STATUS_DIVERGED = "diverged"
-STATUS_OVER_BUDGET = "over_budget"
-STATUS_PRUNED = "pruned"
+#: The per-epoch result recorded as a trial's intermediate value (its learning curve; what pruners judge).
+EPOCH_METRIC = "val_acc"
+PARAMS_ATTR = "params"  # user attribute: the parameter count, the Pareto pruner's second objective
+DEPTH_ATTR = "depth"  # user attribute: the depth, whichever per-scheme parameter (depth_lm, ...) sampled it
+ORPHANED_ATTR = "orphaned"
+REQUEUED_ATTR = "requeued_from"
 
-
-def trial_outcome(result: dict[str, Any] | None, errored: bool) -> str:
-    """COMPLETE, PRUNED or FAILED for a trial that has ended.
-
-    COMPLETE only when the trial trained its whole epoch budget; stopped early
-    (by a pruner or a scheduler) or skipped for exceeding ``max_params`` is
-    PRUNED; raised or diverged is FAILED.
-    """
-    if errored:
-        return FAILED
-    if not result:
-        return PRUNED
-    status = result.get("status")
-    if status == STATUS_DIVERGED:
-        return FAILED
-    if status in (STATUS_OVER_BUDGET, STATUS_PRUNED):
-        return PRUNED
-    if result.get("epoch", 0) < result.get("epochs", math.inf):
-        return PRUNED
-    return COMPLETE
+_OPTUNA_STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 
 def study_storage_url(exp_dir: str | Path) -> str:
     return f"sqlite:///{Path(exp_dir).resolve() / 'study.db'}"
+
+
+class StudyRecord:
+    """Writes into a study's trials by trial number: each epoch's accuracy and user attributes.
+
+    Optuna has no public way to do this. It writes into a trial only through
+    the ``optuna.Trial`` that ``Study.ask`` returned, which a resumed search,
+    the pruning scheduler and an orphaned trial do not have, and
+    ``Trial.report`` refuses multi-objective studies (optuna/optuna#3450). So
+    this class, and only it, calls the storage's own methods (listed in the
+    reference of ``optuna.storages.RDBStorage``, though Optuna says users are
+    not supposed to call them), on a storage it opened itself.
+    """
+
+    def __init__(self, storage: str | BaseStorage, study_name: str) -> None:
+        """``storage``: a database URL (opened on first use, never pickled) or a storage object."""
+        self.url = storage if isinstance(storage, str) else None
+        self.study_name = study_name
+        self._opened: BaseStorage | None = None if isinstance(storage, str) else storage
+        self._ids: dict[int, int] = {}  # trial number -> storage id
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {**self.__dict__, "_ids": {}}
+        if self.url is not None:
+            state["_opened"] = None
+        return state
+
+    @property
+    def storage(self) -> BaseStorage:
+        """The storage; the studies of the searcher and the scheduler are opened on it too."""
+        if self._opened is None:
+            self._opened = optuna.storages.RDBStorage(self.url)  # type: ignore[arg-type]
+        return self._opened
+
+    def _id_of(self, number: int) -> int:
+        # Not public: the storage keys trials by an id of its own, not by number.
+        if number not in self._ids:
+            study = self.storage.get_study_id_from_name(self.study_name)
+            self._ids[number] = self.storage.get_trial_id_from_study_id_trial_number(study, number)
+        return self._ids[number]
+
+    def trial(self, number: int) -> FrozenTrial:
+        """The trial as stored now."""
+        return self.storage.get_trial(self._id_of(number))
+
+    def record_epoch(self, number: int, result: dict[str, Any]) -> FrozenTrial | None:
+        """Record ``result``'s :data:`EPOCH_METRIC` at its epoch; the trial after it, None if nothing was recorded.
+
+        Nothing is recorded for a result without a finite value at an epoch >= 1,
+        nor into a trial that has finished (a resumed trial reporting again).
+        """
+        value, epoch = result.get(EPOCH_METRIC), int(result.get("epoch") or 0)
+        if value is None or epoch < 1 or not math.isfinite(float(value)):
+            return None
+        trial_id = self._id_of(number)
+        if self.storage.get_trial(trial_id).state.is_finished():
+            return None
+        # Not public: Trial.report refuses multi-objective studies (see the class docstring).
+        self.storage.set_trial_intermediate_value(trial_id, epoch, float(value))
+        return self.storage.get_trial(trial_id)
+
+    def set_user_attr(self, number: int, key: str, value: Any) -> None:
+        """Set a user attribute of a trial that is still running."""
+        # Not public: Trial.set_user_attr needs the Trial that Study.ask returned (see the class docstring).
+        self.storage.set_trial_user_attr(self._id_of(number), key, value)
 
 
 class _PrunedScoresView:
@@ -59,7 +113,7 @@ class _PrunedScoresView:
 
     Optuna's TPE scores PRUNED trials by their last intermediate value using
     ``study.direction``, which raises on a multi-objective study (optuna 5.0);
-    our pruners record validation accuracy there, so that direction is MAXIMIZE.
+    the intermediate values are :data:`EPOCH_METRIC`, so that direction is MAXIMIZE.
     """
 
     def __init__(self, study: optuna.Study) -> None:
@@ -97,7 +151,7 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
 
 
 class _DefineByRun:
-    """Samples one configuration of ``space`` and counts its parameters (picklable, unlike a bound method)."""
+    """Samples one configuration of ``space`` and counts its parameters."""
 
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int) -> None:
         self.space, self.in_channels, self.num_classes = space, in_channels, num_classes
@@ -110,40 +164,96 @@ class _DefineByRun:
         return {**sampled, "spec": spec.to_dict(), "params": count_params(spec), "number": trial.number}
 
 
-class StudySearcher(OptunaSearch):
-    """OptunaSearch over a :class:`SearchSpace`, define-by-run, with a persisted study.
+class StudySearcher(Searcher):
+    """A Ray Tune searcher over a :class:`SearchSpace`: Optuna's ask and tell on a persisted study.
 
-    Each configuration carries, besides the sampled values, ``arch`` and
-    ``train`` (what the trial function builds), ``params`` (counted before
-    training) and ``number`` (the Optuna trial number). Architectures get the
-    loaded dataset's ``in_channels`` and ``num_classes``.
+    Each configuration carries, besides the sampled Optuna parameters, ``arch``
+    and ``train`` (what the trial function builds), ``spec``, ``params``
+    (counted before training) and ``number`` (the Optuna trial number).
+    Architectures get the loaded dataset's ``in_channels`` and ``num_classes``.
+    ``fresh`` enqueues a grid space's points; a resumed search finds them in the study.
+
+    Its saved state (``save``/``restore``, used by ``Tuner.restore``) is which
+    Ray trial is which Optuna trial, and the sampler; everything else is in the study.
     """
 
     def __init__(self, space: SearchSpace, exp_dir: str | Path, *, in_channels: int, num_classes: int,
                  fresh: bool) -> None:
+        # The objectives are the space's, not declared to Tune: Tune would then reject every result
+        # without them, such as an over-budget trial's (never trained, so no val_acc), and stop the search.
+        super().__init__()
         self.space = space
-        storage = optuna.storages.RDBStorage(study_storage_url(exp_dir))
-        points = space.grid() if space.sampler == "grid" and fresh else None
-        super().__init__(
-            space=_DefineByRun(space, in_channels, num_classes),
-            metric=space.metric_names,
-            mode=space.modes,
-            sampler=make_sampler(space),
-            study_name=space.name,
-            storage=storage,
-            points_to_evaluate=points,
-        )
+        self.record = StudyRecord(study_storage_url(exp_dir), space.name)
+        self.sampler = make_sampler(space)
+        self._define = _DefineByRun(space, in_channels, num_classes)
+        self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        self._study: optuna.Study | None = None
+        if fresh and space.sampler == "grid":
+            for point in space.grid():
+                self.study.enqueue_trial(point)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_study": None}  # Tune pickles the searcher; the study is reopened
+
+    @property
+    def study(self) -> optuna.Study:
+        """The persisted study (created on first use), its objectives named for the dashboard."""
+        if self._study is None:
+            self._study = optuna.create_study(
+                storage=self.record.storage, sampler=self.sampler, study_name=self.space.name,
+                directions=[o.direction for o in self.space.objectives], load_if_exists=True)
+            if self._study.metric_names != self.space.metric_names:
+                with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard reads
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self._study.set_metric_names(self.space.metric_names)
+        return self._study
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        """The space file defines the space and the objectives: accept only a call that changes neither."""
+        return not config and metric in (None, self.space.metric_names) and mode in (None, self.space.modes)
 
     def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
-        if config is not None:
-            ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_user_attr("ray_trial_id", trial_id)
-            ot_trial.set_user_attr("params", config["params"])  # the Pareto pruner's second objective
-        return config
+        trial = self.study.ask()
+        config = self._define(trial)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr(PARAMS_ATTR, config["params"])
+        trial.set_user_attr(DEPTH_ATTR, config["spec"]["depth"])
+        self._numbers[trial_id] = trial.number
+        return {**trial.params, **config}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._numbers:
+            self.record.record_epoch(self._numbers[trial_id], result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        number = self._numbers.get(trial_id)
+        if number is None:
+            return
+        if result:  # a trial stopped by the scheduler had its last result go to the scheduler only
+            self.record.record_epoch(number, result)
+        if self.record.trial(number).state.is_finished():
+            return  # told before the driver died (or told twice); the resumed trial only re-reported its result
+        outcome = trial_outcome(result, error)
+        if result:
+            self.record.set_user_attr(number, "epochs_run", int(result.get("epoch", 0)))
+            if result.get("status"):
+                self.record.set_user_attr(number, "status", str(result["status"]))
+        values = None
+        if outcome == COMPLETE:
+            values = [float(result[m]) for m in self.space.metric_names]  # type: ignore[index]
+            if not all(math.isfinite(v) for v in values):
+                outcome, values = FAILED, None
+        self.study.tell(number, values, state=_OPTUNA_STATES[outcome])
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"numbers": self._numbers, "sampler": self.sampler}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self._numbers, self.sampler = state["numbers"], state["sampler"]
+        self._study = None  # reopened with the restored sampler
         self.reconcile_orphans()
 
     def reconcile_orphans(self) -> list[int]:
@@ -153,16 +263,15 @@ class StudySearcher(OptunaSearch):
         died: no Ray trial will ever finish them. Their configuration is queued
         again so a grid loses no point. Returns the orphans' trial numbers.
         """
-        known = {t._trial_id for t in self._ot_trials.values()}
-        storage = self._ot_study._storage
+        known = set(self._numbers.values())
         orphans = []
-        for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if t._trial_id in known:
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number in known:
                 continue
-            self._ot_study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number}, skip_if_exists=False)
-            storage.set_trial_user_attr(t._trial_id, "orphaned", "the search driver died before Ray recorded this "
-                                                                 "trial; its configuration was queued again")
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            self.study.enqueue_trial(t.params, user_attrs={REQUEUED_ATTR: t.number}, skip_if_exists=False)
+            self.record.set_user_attr(t.number, ORPHANED_ATTR, "the search driver died before Ray recorded this "
+                                                               "trial; its configuration was queued again")
+            self.study.tell(t.number, state=TrialState.FAIL)
             orphans.append(t.number)
         return orphans
 
@@ -171,29 +280,6 @@ class StudySearcher(OptunaSearch):
 
         Orphans failed by :meth:`reconcile_orphans` are left out: their configuration runs again.
         """
-        names = {optuna.trial.TrialState.COMPLETE: COMPLETE, optuna.trial.TrialState.PRUNED: PRUNED}
-        return {t.number: names.get(t.state, FAILED) for t in self._ot_study.get_trials(deepcopy=False)
-                if t.state.is_finished() and "orphaned" not in t.user_attrs}
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        ot_trial = self._ot_trials[trial_id]
-        self._completed_trials.add(trial_id)
-        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
-            return  # told before the driver died; the resumed trial only re-reported its result
-        outcome = trial_outcome(result, error)
-        if result:
-            ot_trial.set_user_attr("epochs_run", int(result.get("epoch", 0)))
-            if result.get("status"):
-                ot_trial.set_user_attr("status", str(result["status"]))
-        if outcome == COMPLETE:
-            values = [float(result[m]) for m in self.space.metric_names]  # type: ignore[index]
-            if all(math.isfinite(v) for v in values):
-                self._ot_study.tell(ot_trial, values, state=optuna.trial.TrialState.COMPLETE)
-            else:
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-        elif outcome == PRUNED:
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        names = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED}
+        return {t.number: names.get(t.state, FAILED) for t in self.study.get_trials(deepcopy=False)
+                if t.state.is_finished() and ORPHANED_ATTR not in t.user_attrs}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,7 @@ from torch.optim.swa_utils import update_bn
 
 from lmsearch.data import DatasetSplits, StreamSplit, TensorSplit
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "SCHEDULES", "resolve_device", "lr_factor"]
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "SCHEDULES", "resolve_device", "lr_factor", "memory_format"]
 
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 STATE_FORMAT = "lmsearch-trainer"
@@ -66,7 +67,8 @@ class TrainConfig:
         seed: seeds batch order, augmentation and model noise (see the module docstring).
         device: ``cpu``, ``cuda`` (or ``cuda:N``) or ``auto`` (CUDA when available).
         compile: wrap the model in :func:`torch.compile`.
-        channels_last: NHWC memory layout for model and batches.
+        channels_last: NHWC memory layout for model and batches (not on CPU for a model that
+            :func:`memory_format` finds oneDNN cannot train in NHWC).
         amp: bfloat16 autocast. ``None`` (default): on CUDA only; ``True``: on CPU too
             (much faster on CPUs with AVX512-BF16 or AMX, but no longer fp32 numerics);
             ``False``: never.
@@ -113,11 +115,17 @@ class TrainConfig:
                 setattr(self, name, v)
             low = 0 if name in ("epochs", "seed", "bn_recalibration") else 1
             check(isinstance(v, int) and not isinstance(v, bool) and v >= low, f"{name} must be an integer >= {low}", v)
-        check(isinstance(self.lr, (int, float)) and self.lr > 0, "lr must be > 0", self.lr)
-        check(0 <= self.momentum < 1, "momentum must be in [0, 1)", self.momentum)
-        check(self.weight_decay >= 0, "weight_decay must be >= 0", self.weight_decay)
-        check(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)", self.label_smoothing)
-        check(self.warmup_epochs >= 0, "warmup_epochs must be >= 0", self.warmup_epochs)
+        def number(name: str) -> float:
+            v = getattr(self, name)
+            check(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
+                  f"{name} must be a finite number", v)
+            return v
+
+        check(number("lr") > 0, "lr must be > 0", self.lr)
+        check(0 <= number("momentum") < 1, "momentum must be in [0, 1)", self.momentum)
+        check(number("weight_decay") >= 0, "weight_decay must be >= 0", self.weight_decay)
+        check(0 <= number("label_smoothing") < 1, "label_smoothing must be in [0, 1)", self.label_smoothing)
+        check(number("warmup_epochs") >= 0, "warmup_epochs must be >= 0", self.warmup_epochs)
         check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}", self.schedule)
         check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
               "device must be cpu, cuda, cuda:N or auto", self.device)
@@ -127,8 +135,9 @@ class TrainConfig:
 class TrainResult:
     """The outcome of :meth:`Trainer.fit`.
 
-    ``status`` is ``completed`` (all epochs), ``diverged`` (a NaN/inf loss ended
-    the run; ``message`` says where) or ``stopped`` (the callback asked).
+    ``status`` is ``completed`` (all epochs), ``diverged`` (a NaN/inf training
+    or validation loss, or a NaN/inf weight or buffer, ended the run; ``message``
+    says where) or ``stopped`` (the callback asked).
     ``history`` has one dict per finished epoch (see :meth:`Trainer.fit`);
     ``test_acc``/``test_loss`` are set when ``fit(test=True)`` completed.
     """
@@ -144,7 +153,7 @@ class TrainResult:
     @property
     def epochs(self) -> int:
         """Epochs finished (a diverged epoch does not count)."""
-        return sum(1 for h in self.history if math.isfinite(h["train_loss"]))
+        return sum(1 for h in self.history if not h.get("diverged") and math.isfinite(h["train_loss"]))
 
     @property
     def val_acc(self) -> float | None:
@@ -159,6 +168,30 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} was asked for but CUDA is not available here; use --device cpu or auto")
     return torch.device(device)
+
+
+def memory_format(model: nn.Module, device: torch.device, channels_last: bool = True) -> torch.memory_format:
+    """The layout to train ``model`` in on ``device``: ``channels_last`` unless oneDNN would crash in it.
+
+    On CPU, the backward (weight gradient) of a strided 1x1 convolution with
+    fewer than 16 input channels (oneDNN's ``ic_block``), given NHWC tensors,
+    runs oneDNN's ``jit_1x1`` "reduce to unit stride" path, which addresses its
+    per-thread workspace with ``ic_block`` floats per pixel although it was sized
+    for ``ic``: it writes up to 16/ic times past it and corrupts the heap
+    (SIGSEGV in ``jit_avx512_common_1x1_convolution_bwd_weights_t``, or "corrupted
+    size vs. prev_size"), as soon as images are large enough, e.g. the 1x1
+    shortcut projections 4 -> 8 of a width-4 ResNet on 48 px or larger images
+    (oneDNN issue #6035, still open in the oneDNN 3.12 of torch 2.14). In NCHW
+    oneDNN uses its blocked layout, whose path is correct, so such models train
+    in NCHW on CPU (measured on width-4 Fashion-MNIST nets: as fast or faster).
+    """
+    if not channels_last:
+        return torch.contiguous_format
+    if device.type == "cpu" and any(
+            isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.groups == 1
+            and m.in_channels < 16 for m in model.modules()):
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 def lr_factor(schedule: str, t: float) -> float:
@@ -198,7 +231,7 @@ class Trainer:
         self.data = data
         self.info = data.info
         self.device = resolve_device(config.device)
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.memory_format = memory_format(model, self.device, config.channels_last)
         self.model = model.to(self.device, memory_format=self.memory_format)
         self._forward: nn.Module | Callable[..., torch.Tensor] = (
             torch.compile(self.model) if config.compile else self.model)
@@ -379,6 +412,18 @@ class Trainer:
             return mean, images, f"diverged in epoch {epoch}: the training loss is {mean}; training stopped"
         return mean, images, ""
 
+    def _nonfinite_state(self, epoch: int) -> str:
+        """The divergence message if a floating parameter or buffer holds NaN/inf after ``epoch``, else ``""``."""
+        params = {id(p) for p in self.model.parameters()}
+        with torch.no_grad():
+            for name, t in self.model.state_dict(keep_vars=True).items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    kind = "parameter" if id(t) in params else "buffer"
+                    return (f"diverged in epoch {epoch}: the {kind} {name} holds NaN or infinite values although "
+                            f"the training loss stayed finite; training stopped. Try a lower learning rate or a "
+                            f"longer warm-up.")
+        return ""
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -389,12 +434,18 @@ class Trainer:
         After each epoch, ``callback`` (if any) gets that epoch's dict:
         ``epoch`` (1-based), ``train_loss``, ``val_acc``, ``val_loss``
         (``None`` without a validation part), ``images_per_s`` (training
-        throughput), ``seconds`` (epoch wall time, evaluation included), ``lr``.
+        throughput), ``seconds`` (epoch wall time, evaluation included), ``lr``
+        and ``diverged``: ``""``, or why the run diverged in this epoch.
         When :meth:`state_dict` is taken inside the callback it holds that
         epoch as finished. A truthy return value stops training (status
-        ``stopped``); an exception propagates out of ``fit`` unchanged. A
-        NaN/inf loss ends the epoch at once: the callback still gets its dict
-        (``train_loss`` non-finite, ``val_*`` NaN) and the status is ``diverged``.
+        ``stopped``); an exception propagates out of ``fit`` unchanged.
+
+        Divergence is detected here: a NaN/inf training loss (which ends the
+        epoch at once, before the bad step; ``val_*`` are then NaN), a NaN/inf
+        parameter or buffer after the epoch (``val_*`` NaN), or a NaN/inf
+        validation loss. The callback still gets that epoch's dict, with
+        ``diverged`` set to the message; the status becomes ``diverged``, the
+        epoch does not count as finished and training stops.
 
         With ``test=True`` a completed run also measures the test split.
         """
@@ -409,24 +460,30 @@ class Trainer:
                 self._sync()
                 train_seconds = time.perf_counter() - t0
                 metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
-                if problem:
-                    self.status, self.message = "diverged", problem
-                    metrics.update(val_acc=math.nan, val_loss=math.nan)
-                else:
-                    self.epoch = epoch
+                if not problem:
                     self._recalibrate(epoch)
-                    if len(self.data.val):
-                        val = self.evaluate("val")
-                        metrics.update(val_acc=val["acc"], val_loss=val["loss"])
-                    else:
-                        metrics.update(val_acc=None, val_loss=None)
+                    problem = self._nonfinite_state(epoch)
+                if problem:
+                    metrics.update(val_acc=math.nan, val_loss=math.nan)
+                elif len(self.data.val):
+                    val = self.evaluate("val")
+                    metrics.update(val_acc=val["acc"], val_loss=val["loss"])
+                    if not math.isfinite(val["loss"]):
+                        problem = (f"diverged in epoch {epoch}: the validation loss is {val['loss']} although "
+                                   f"the training loss ({train_loss:.4g}) and the weights are finite; training "
+                                   f"stopped. Try a lower learning rate or a longer warm-up.")
+                else:
+                    metrics.update(val_acc=None, val_loss=None)
                 metrics.update(images_per_s=n_images / max(train_seconds, 1e-9),
-                               seconds=time.perf_counter() - t0, lr=self.optimizer.param_groups[0]["lr"])
+                               seconds=time.perf_counter() - t0, lr=self.optimizer.param_groups[0]["lr"],
+                               diverged=problem)
                 self.history.append(metrics)
                 if problem:
+                    self.status, self.message = "diverged", problem
                     if callback is not None:
                         callback(dict(metrics))
                     break
+                self.epoch = epoch
                 self.status = "running"
                 if callback is not None and callback(dict(metrics)):
                     self.status, self.message = "stopped", f"stopped by the callback after epoch {epoch}"

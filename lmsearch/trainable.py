@@ -23,8 +23,9 @@ import torch
 
 from lmsearch.arch import ArchSpec
 from lmsearch.faults import log_trained_epoch, maybe_inject_fault
-from lmsearch.searcher import STATUS_DIVERGED, STATUS_OVER_BUDGET
 from lmsearch.space import SearchSpace
+from lmsearch.states import STATUS_DIVERGED, STATUS_OVER_BUDGET
+from lmsearch.trial_checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 
 __all__ = ["make_trainable", "train_trial", "TRAINER_STATE", "train_config"]
 
@@ -49,11 +50,18 @@ def _ray_context() -> dict[str, Any]:
     return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
 
 
-def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any) -> None:
-    """Train one configuration sampled by the StudySearcher and report every epoch to Tune."""
+def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any, exp_dir: str | None = None) -> None:
+    """Train one configuration sampled by the StudySearcher and report every epoch to Tune.
+
+    With ``exp_dir`` (reachable from the worker: the driver's node, or shared storage)
+    every epoch's state is also kept in ``exp_dir/checkpoints/`` (see
+    :mod:`lmsearch.trial_checkpoints`), and a trial without a Ray checkpoint
+    continues from the one there: a search resumed from its study alone picks an
+    interrupted configuration up at its last finished epoch.
+    """
     from ray import tune
 
-    from lmsearch.export import save_architecture
+    from lmsearch.archfile import save_architecture
     from lmsearch.nn.counting import count_flops
     from lmsearch.nn.network import build_model
     from lmsearch.train import Trainer
@@ -71,6 +79,8 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any) -> Non
     torch.manual_seed(config["train"]["seed"])  # the initial weights are part of the trial's seed
     model = build_model(spec)
     trainer = Trainer(model, data, train_config(space, config["train"], _device(space)))
+    folder_checkpoint = _folder_checkpoint(exp_dir, config, space.epochs)
+    resumed = False
     for state_dir in _checkpoint_dirs(tune.get_checkpoint()):
         final = state_dir / FINAL_METRICS
         if final.is_file():
@@ -79,21 +89,31 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any) -> Non
             return
         try:
             trainer.load_state_dict(torch.load(state_dir / TRAINER_STATE, weights_only=True))
+            resumed = True
             break
         except (OSError, RuntimeError, EOFError, KeyError):
             continue  # a checkpoint cut short by a killed worker: use the one before
+    if not resumed and folder_checkpoint is not None:
+        state = load_checkpoint(folder_checkpoint)
+        if state is not None:
+            trainer.load_state_dict(state)
 
     def report(epoch_metrics: dict[str, Any]) -> None:
         maybe_inject_fault(config["number"], epoch_metrics["epoch"])
         last = epoch_metrics["epoch"] >= space.epochs
-        diverged = not math.isfinite(epoch_metrics.get("train_loss", 0.0))
+        # the trainer names non-finite losses or weights; an older trainer only has the training loss
+        problem = epoch_metrics.get("diverged")
+        diverged = bool(problem) or not math.isfinite(epoch_metrics.get("train_loss", 0.0))
         metrics = {**fixed, **epoch_metrics, "status": "running",
                    "wall_time_s": sum(h["seconds"] for h in trainer.history)}
         with tempfile.TemporaryDirectory() as d:
-            torch.save(trainer.state_dict(), Path(d) / TRAINER_STATE)
+            state = trainer.state_dict()
+            torch.save(state, Path(d) / TRAINER_STATE)
+            if folder_checkpoint is not None and not (last or diverged):
+                save_checkpoint(folder_checkpoint, state)
             if diverged:
-                metrics.update(status=STATUS_DIVERGED, message=f"diverged at epoch {epoch_metrics['epoch']} "
-                                                                "(non-finite loss)")
+                metrics.update(status=STATUS_DIVERGED, message=problem or f"diverged at epoch "
+                                                                           f"{epoch_metrics['epoch']} (non-finite loss)")
             elif last:
                 started = time.perf_counter()
                 metrics.update(status="completed", test_acc=trainer.evaluate("test")["acc"])
@@ -110,6 +130,13 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any) -> Non
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     trainer.fit(callback=report)
+
+
+def _folder_checkpoint(exp_dir: str | None, config: dict[str, Any], epochs: int) -> Path | None:
+    """This trial's checkpoint file in the experiment folder, or None when the folder is not reachable here."""
+    if exp_dir is None or not Path(exp_dir).is_dir():
+        return None
+    return checkpoint_path(exp_dir, config, epochs)
 
 
 def _checkpoint_dirs(restored: Any) -> list[Path]:
@@ -130,9 +157,10 @@ def _checkpoint_dirs(restored: Any) -> list[Path]:
     return [p for p in found if (p / TRAINER_STATE).is_file()]
 
 
-def make_trainable(space: SearchSpace, data: Any) -> Callable[..., Any]:
-    """``train_trial`` bound to the space and the dataset (shared through Ray's object store)."""
+def make_trainable(space: SearchSpace, data: Any, exp_dir: str | Path | None = None) -> Callable[..., Any]:
+    """``train_trial`` bound to the space, the dataset (shared through Ray's object store) and the folder."""
     from ray import tune
 
-    trainable = tune.with_parameters(train_trial, space=space, data=data)
+    trainable = tune.with_parameters(train_trial, space=space, data=data,
+                                     exp_dir=None if exp_dir is None else str(exp_dir))
     return tune.with_resources(trainable, {"cpu": space.cpu, "gpu": space.gpu})

@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from lmsearch.analysis import compression_table, family_of, lm_coefficients, monotonicity
+from lmsearch.analysis import (
+    compression_table,
+    compression_verdict,
+    family_of,
+    interpolated_compression,
+    lm_coefficients,
+    matched_params,
+    monotonicity,
+)
 
 
 def _trials() -> pd.DataFrame:
@@ -146,3 +154,54 @@ def test_lm_coefficients_of_a_real_lm_net() -> None:
     assert len(lm_coefficients(build_model(spec.replace(scheme="euler")))) == 0
     per_channel = lm_coefficients(build_model(spec.replace(lm_k="channel")))
     assert len(per_channel) == len(c) and (per_channel["n_k"] > 1).all()
+
+
+# ---------------------------------------------------------------- interpolated compression
+def test_matched_params_interpolates_in_log_params_and_takes_the_first_crossing() -> None:
+    params, means = np.array([100.0, 400.0, 1600.0]), np.array([0.80, 0.90, 0.88])
+    assert matched_params(0.85, params, means) == (200.0, "")          # halfway in log: sqrt(100 * 400)
+    assert matched_params(0.90, params, means) == (400.0, "")
+    assert matched_params(0.89, params, means)[0] == pytest.approx(100 * 4 ** 0.9)  # before the dip
+    assert matched_params(0.95, params, means) == (1600.0, ">=")
+    assert matched_params(0.70, params, means) == (100.0, "<=")
+
+
+def _grid(lm_acc: list[float], base: dict[int, tuple[int, list[float]]], lm_params: int = 100) -> pd.DataFrame:
+    rows = [{"scheme": "euler", "depth": d, "width": 8, "params": p, "state": "COMPLETE", "test_acc": a}
+            for d, (p, accs) in base.items() for a in accs]
+    rows += [{"scheme": "lm", "depth": 20, "width": 8, "params": lm_params, "state": "COMPLETE", "test_acc": a}
+             for a in lm_acc]
+    rows.append({"scheme": "lm", "depth": 20, "width": 8, "params": lm_params, "state": "FAILED", "test_acc": 0.99})
+    return pd.DataFrame(rows)
+
+
+def test_interpolated_compression_point_estimate_and_interval() -> None:
+    base = {20: (100, [0.80, 0.80, 0.80]), 56: (400, [0.90, 0.90, 0.90])}
+    exact = interpolated_compression(_grid([0.85, 0.85, 0.85], base), n_boot=200)
+    assert len(exact) == 1 and exact.n.iloc[0] == 3  # the FAILED row does not count
+    assert exact.matched_params.iloc[0] == 200.0 and exact.compression.iloc[0] == pytest.approx(0.5)
+    # no seed spread: the interval is the point
+    assert exact.ci_low.iloc[0] == exact.ci_high.iloc[0] == pytest.approx(0.5)
+    noisy = interpolated_compression(_grid([0.84, 0.85, 0.86], base), n_boot=2000)
+    lo, hi, c = noisy.ci_low.iloc[0], noisy.ci_high.iloc[0], noisy.compression.iloc[0]
+    assert lo < c < hi and lo < 0.5 < hi
+    # the same resamples come back with the same seed
+    again = interpolated_compression(_grid([0.84, 0.85, 0.86], base), n_boot=2000)
+    assert (again.ci_low.iloc[0], again.ci_high.iloc[0]) == (lo, hi)
+
+
+def test_compression_beyond_the_resnet_curve_is_a_bound() -> None:
+    base = {20: (100, [0.80, 0.81]), 56: (400, [0.90, 0.91])}
+    above = interpolated_compression(_grid([0.95, 0.96], base), n_boot=100).iloc[0]
+    assert above.bound == ">=" and above.matched_params == 400 and above.compression == pytest.approx(0.75)
+    assert above.beyond_curve == 1.0
+
+
+def test_compression_verdict_follows_the_intervals() -> None:
+    def verdict(lows: list[float], highs: list[float]) -> str:
+        return compression_verdict(pd.DataFrame({"ci_low": lows, "ci_high": highs}))
+
+    assert verdict([0.51, -0.1], [0.7, 0.2]) == "reproduced"
+    assert verdict([0.45, -0.1], [0.7, 0.2]) == "partial"
+    assert verdict([0.0, -0.3], [0.4, 0.2]) == "no compression"
+    assert compression_verdict(pd.DataFrame({"ci_low": [], "ci_high": []})) == "undecided"

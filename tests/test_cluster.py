@@ -1,13 +1,16 @@
-"""A real two-node Ray cluster on loopback addresses runs the trials of a search.
+"""Joining a Ray cluster: token authentication, and a real two-node search on loopback addresses.
 
-Head on 127.0.0.2, worker on 127.0.0.3, one CPU each, started with ``ray start
---block`` so the test owns their process trees and stops exactly them (also
-when it fails). No connection may leave the loopback range.
+The cluster tests start a head on 127.0.0.2 and a worker on 127.0.0.3 (one CPU each) with
+``RAY_AUTH_MODE=token``, by ``ray start --block`` so the module owns their process trees
+and stops exactly them (also when a test fails). No connection may leave the loopback
+range. The first tests need no cluster: lmsearch refuses to join before contacting it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -17,19 +20,37 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import lmsearch
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.fashion,
-]
+from lmsearch import cluster as lmcluster
+from lmsearch.cluster import ClusterAuthError, init_ray
 
 RAY = str(Path(sys.executable).parent / "ray")
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+# The caller's environment without any Ray authentication setting (conftest sets RAY_AUTH_MODE=disabled).
+BASE_ENV = {**{k: v for k, v in os.environ.items() if k not in AUTH_VARS}, "RAY_USAGE_STATS_ENABLED": "0"}
+SPACE = """
+    name: cluster
+    dataset: {name: fashion-mnist, subset: 1024}
+    budget: {epochs: 3}
+    architecture: {scheme: [euler, lm], depth: [8, 14], width: 4}
+    training: {batch_size: 64}
+    search: {sampler: grid}
+    resources: {cpu: 1}
+"""
+# For searches that must stop before any training: no dataset files needed.
+TINY_SPACE = SPACE.replace("{name: fashion-mnist, subset: 1024}", "{name: synthetic, subset: 64}")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    token_file: Path
+    env: dict[str, str]  # what the nodes run with: token mode and RAY_AUTH_TOKEN_PATH
 
 
 def free_port(host: str = "127.0.0.2") -> int:
@@ -44,10 +65,18 @@ def non_loopback_peers() -> set[str]:
     return {p for p in peers if not (p.startswith("127.") or p.startswith("[::1]") or p.startswith("[::ffff:127."))}
 
 
-def wait_for_nodes(address: str, count: int, timeout: float = 60) -> None:
+def write_token(path: Path, token: str | None = None) -> str:
+    """Write a token file readable by its owner only, as the README does."""
+    token = token or secrets.token_hex(32)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token
+
+
+def wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        proc = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True, env=ENV)
+        proc = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True, env=env)
         if proc.returncode == 0 and proc.stdout.count("node_") >= count:
             return
         time.sleep(1)
@@ -59,15 +88,18 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
-@pytest.fixture
-def two_node_cluster() -> Iterator[str]:
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     temp = tempfile.mkdtemp(prefix="lmr")  # short: Ray's socket paths must stay under 107 bytes
+    token_file = tmp_path_factory.mktemp("secret") / "token"
+    write_token(token_file)
+    env = {**BASE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     port = free_port()
     address = f"127.0.0.2:{port}"
     procs: list[subprocess.Popen] = []
@@ -75,36 +107,161 @@ def two_node_cluster() -> Iterator[str]:
         procs.append(subprocess.Popen(
             [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.2", f"--port={port}", "--num-cpus=1",
              "--num-gpus=0", f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats"],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        wait_for_nodes(address, 1)
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        wait_for_nodes(address, 1, env)
         procs.append(subprocess.Popen(
             [RAY, "start", "--block", f"--address={address}", "--node-ip-address=127.0.0.3", "--num-cpus=1",
              "--num-gpus=0", "--disable-usage-stats"],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        wait_for_nodes(address, 2)
-        yield address
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        wait_for_nodes(address, 2, env)
+        yield Cluster(address, token_file, env)
     finally:
         for proc in reversed(procs):
             stop(proc)
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_search_spreads_trials_over_both_nodes(two_node_cluster: str, tmp_path: Path) -> None:
+@pytest.fixture
+def driver_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """This process as a fresh driver: no RAY_AUTH_* variables and a home without ~/.ray/auth_token.
+
+    Yields the home folder. Afterwards Ray is shut down and re-reads the restored variables.
+    """
+    import ray
+
+    for var in AUTH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(lmcluster, "_mode_set_here", None)
+    yield home
+    ray.shutdown()
+    monkeypatch.undo()
+    lmcluster._refresh_ray_auth()  # later tests start local nodes: Ray must not stay in token mode
+
+
+# --- refused before contacting any cluster ---------------------------------------------------------
+
+def test_no_token_names_both_variables(driver_env: Path) -> None:
+    with pytest.raises(ClusterAuthError, match="no authentication token") as info:
+        init_ray("127.0.0.2:1")
+    assert "RAY_AUTH_TOKEN_PATH" in str(info.value) and re.search(r"RAY_AUTH_TOKEN(?!_PATH)", str(info.value))
+    assert "RAY_AUTH_MODE" not in os.environ  # nothing changed for a join that did not happen
+
+
+def test_unreadable_token_path_names_it(driver_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray itself aborts the whole process on a missing RAY_AUTH_TOKEN_PATH file.
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(ClusterAuthError, match=r"RAY_AUTH_TOKEN_PATH=\S*missing cannot be read"):
+        init_ray("127.0.0.2:1")
+    (tmp_path / "empty").touch()
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "empty"))
+    with pytest.raises(ClusterAuthError, match=r"RAY_AUTH_TOKEN_PATH=\S*empty is empty"):
+        init_ray("127.0.0.2:1")
+
+
+def test_auth_disabled_is_refused_for_a_cluster(driver_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 64)
+    with pytest.raises(ClusterAuthError, match="RAY_AUTH_MODE=disabled: lmsearch joins clusters only with token"):
+        init_ray("127.0.0.2:1")
+
+
+# --- a token-authenticated cluster on 127.0.0.2 + 127.0.0.3 ------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "home"])
+def test_right_token_connects_and_runs_a_task(token_cluster: Cluster, driver_env: Path, source: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    token = token_cluster.token_file.read_text().strip()
+    if source == "RAY_AUTH_TOKEN":
+        monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    elif source == "RAY_AUTH_TOKEN_PATH":
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token_cluster.token_file))
+    else:  # Ray's default place, ~/.ray/auth_token
+        (driver_env / ".ray").mkdir()
+        write_token(driver_env / ".ray" / "auth_token", token)
+    before = non_loopback_peers()
+    init_ray(token_cluster.address)
+    assert ray.cluster_resources().get("CPU") == 2  # both nodes, seen through the authenticated driver
+
+    @ray.remote(num_cpus=1)
+    def where() -> str:
+        return ray.util.get_node_ip_address()
+
+    assert ray.get(where.remote(), timeout=120) in {"127.0.0.2", "127.0.0.3"}
+    assert not non_loopback_peers() - before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"])
+def test_wrong_token_is_refused(token_cluster: Cluster, driver_env: Path, source: str, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    wrong = secrets.token_hex(32)
+    if source == "RAY_AUTH_TOKEN":
+        monkeypatch.setenv("RAY_AUTH_TOKEN", wrong)
+    else:
+        write_token(tmp_path / "wrong", wrong)
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "wrong"))
+    start = time.time()
+    with pytest.raises(ClusterAuthError, match=f"cluster at {token_cluster.address} refused the authentication "
+                                               f"token from {source}") as info:
+        init_ray(token_cluster.address)
+    assert "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH" in str(info.value)
+    assert wrong not in str(info.value)
+    assert not ray.is_initialized()
+    assert time.time() - start < 15  # asked once, not Ray's 20 s of retries
+
+
+@pytest.mark.slow
+def test_cluster_refuses_a_client_without_token(token_cluster: Cluster, tmp_path: Path) -> None:
+    """The head itself refuses a tokenless client (lmsearch refuses earlier, without asking it)."""
+    probe = ("from ray._raylet import GcsClient\n"
+             f"GcsClient(address={token_cluster.address!r})\n"
+             "print('connected')\n")
+    env = {**BASE_ENV, "HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert "connected" not in proc.stdout
+    assert "AuthenticationError" in proc.stderr and "InvalidAuthToken" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("token", ["none", "wrong"])
+def test_search_cli_without_the_token_fails_clearly(token_cluster: Cluster, tmp_path: Path, token: str) -> None:
     space = tmp_path / "cluster.yaml"
-    space.write_text(textwrap.dedent("""
-        name: cluster
-        dataset: {name: fashion-mnist, subset: 1024}
-        budget: {epochs: 3}
-        architecture: {scheme: [euler, lm], depth: [8, 14], width: 4}
-        training: {batch_size: 64}
-        search: {sampler: grid}
-        resources: {cpu: 1}
-    """))
+    space.write_text(textwrap.dedent(TINY_SPACE))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**BASE_ENV, "HOME": str(home)}
+    wrong = secrets.token_hex(32)
+    if token == "wrong":
+        env["RAY_AUTH_TOKEN"] = wrong
+    proc = subprocess.run([sys.executable, "-m", "lmsearch", "search", str(space), "--out", str(tmp_path / "exp"),
+                           "--address", token_cluster.address, "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "lmsearch search: error:" in proc.stderr
+    assert "RAY_AUTH_TOKEN" in proc.stderr and "RAY_AUTH_TOKEN_PATH" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert wrong not in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.fashion
+def test_search_spreads_trials_over_both_nodes(token_cluster: Cluster, tmp_path: Path) -> None:
+    space = tmp_path / "cluster.yaml"
+    space.write_text(textwrap.dedent(SPACE))
     before = non_loopback_peers()
     seen: set[str] = set()
+    env = {**BASE_ENV, "RAY_AUTH_TOKEN_PATH": str(token_cluster.token_file)}  # lmsearch sets RAY_AUTH_MODE
     search = subprocess.Popen([sys.executable, "-m", "lmsearch", "search", str(space), "--out",
-                               str(tmp_path / "exp"), "--address", two_node_cluster, "--quiet"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                               str(tmp_path / "exp"), "--address", token_cluster.address, "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 400
     while search.poll() is None and time.time() < deadline:
         seen |= non_loopback_peers() - before  # sampled while the trials run

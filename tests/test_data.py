@@ -16,6 +16,7 @@ import torch
 
 from lmsearch.data import DatasetNotFoundError, StreamSplit, TensorSplit, load_dataset
 from lmsearch.data.fashion_mnist import FILES
+from lmsearch.data.synthetic import write_image_folder
 
 needs_fashion = pytest.mark.fashion
 
@@ -223,6 +224,137 @@ def test_image_folder_missing(tmp_path: Path) -> None:
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(DatasetNotFoundError, match="val/"):
         load_dataset("imagenet", root=tmp_path)
+
+
+def _batch(part: StreamSplit, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    return next(iter(part.loader(n)))
+
+
+def test_grey_folder_16px_is_one_channel(tmp_path: Path) -> None:
+    """A grey set is read grey (one channel), not as three copies of it; the default size is the images' own."""
+    write_image_folder(tmp_path, classes=3, per_class=10, test_per_class=2, size=(16, 16), mode="L")
+    data = load_dataset("folder", root=tmp_path, val_fraction=0.2, seed=0, num_workers=0)
+    assert data.info.shape == (1, 16, 16) and data.info.in_channels == 1 and len(data.info.mean) == 1
+    assert (len(data.train), len(data.val), len(data.test)) == (24, 6, 6)
+    images, labels = _batch(data.test)
+    assert images.dtype == torch.uint8 and images.shape == (6, 1, 16, 16)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    # the evaluation transform keeps a same-size grey image exactly as stored
+    from PIL import Image
+
+    first = np.array(Image.open(tmp_path / "val" / "class_0" / "0.png"))
+    assert torch.equal(images[0, 0], torch.from_numpy(first))
+    train_images, _ = _batch(data.train)
+    assert train_images.shape == (24, 1, 16, 16)
+
+
+def test_rgb_folder_96px_resized_to_image_size(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, classes=3, per_class=6, test_per_class=2, size=(96, 100), mode="RGB")
+    data = load_dataset("folder", root=tmp_path, val_fraction=1 / 6, image_size=64, num_workers=0)
+    assert data.info.shape == (3, 64, 64) and data.info.classes == ("class_0", "class_1", "class_2")
+    for part in (data.train, data.val, data.test):
+        images, _ = _batch(part)
+        assert images.shape[1:] == (3, 64, 64) and images.dtype == torch.uint8
+    native = load_dataset("folder", root=tmp_path, num_workers=0)
+    assert native.info.shape == (3, 96, 96)  # default: the median shorter side
+
+
+def test_mixed_grey_and_colour_is_rgb(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "a", classes=2, per_class=3, size=(12, 12), mode="L")
+    write_image_folder(tmp_path / "b", classes=1, per_class=3, size=(12, 12), mode="RGB")
+    (tmp_path / "a" / "train" / "class_0").rename(tmp_path / "a" / "train" / "grey")
+    (tmp_path / "b" / "train" / "class_0").rename(tmp_path / "a" / "train" / "red")
+    data = load_dataset("folder", root=tmp_path / "a", num_workers=0)
+    assert data.info.in_channels == 3 and _batch(data.test)[0].shape[1] == 3
+
+
+@pytest.mark.parametrize("layout", ["train_only", "flat"])
+def test_folder_without_val_holds_out_a_fixed_test_split(tmp_path: Path, layout: str) -> None:
+    write_image_folder(tmp_path / "set", classes=2, per_class=20, size=(8, 8), mode="L")
+    root = tmp_path / "set" if layout == "train_only" else tmp_path / "set" / "train"
+    a = load_dataset("folder", root=root, val_fraction=0.25, seed=1, num_workers=0)
+    assert (len(a.train), len(a.val), len(a.test)) == (27, 9, 4)
+    assert a.info.classes == ("class_0", "class_1")
+    parts = [set(a.train.indices), set(a.val.indices), set(a.test.indices)]
+    assert set().union(*parts) == set(range(40)) and sum(map(len, parts)) == 40  # disjoint, complete
+    b = load_dataset("folder", root=root, val_fraction=0.25, seed=2, num_workers=0)
+    assert b.test.indices == a.test.indices  # the test split does not move with the seed
+    assert b.val.indices != a.val.indices  # the validation split does
+    assert a.val.indices == load_dataset("folder", root=root, val_fraction=0.25, seed=1, num_workers=0).val.indices
+    c = load_dataset("folder", root=root, test_fraction=0.5, num_workers=0)
+    assert len(c.test) == 20
+    write_image_folder(tmp_path / "split", classes=2, per_class=2, test_per_class=1, size=(8, 8))
+    with pytest.raises(ValueError, match=f"test_fraction is for a folder without a val/ .*{tmp_path / 'split' / 'val'}"):
+        load_dataset("folder", root=tmp_path / "split", test_fraction=0.2)
+
+
+def test_folder_ignores_hidden_files_and_folders(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, classes=2, per_class=3, test_per_class=1, size=(8, 8))
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "val" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "train" / "class_0" / "._0.png").write_bytes(b"AppleDouble")  # macOS resource fork
+    (tmp_path / "train" / "class_0" / "notes.txt").write_text("not an image")
+    data = load_dataset("folder", root=tmp_path, val_fraction=0.0, num_workers=0)
+    assert data.info.classes == ("class_0", "class_1") and len(data.train) == 6
+    assert _batch(data.train)[0].shape == (6, 3, 8, 8)
+
+
+def test_folder_errors_name_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match=f"{tmp_path / 'nope'} does not exist"):
+        load_dataset("folder", root=tmp_path / "nope")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DatasetNotFoundError, match="is not a directory"):
+        load_dataset("folder", root=tmp_path / "file")
+    with pytest.raises(DatasetNotFoundError, match="no folder given"):
+        load_dataset("folder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=f"{tmp_path / 'empty'} holds no class folders"):
+        load_dataset("folder", root=tmp_path / "empty")
+    (tmp_path / "noimg" / "cats").mkdir(parents=True)
+    (tmp_path / "noimg" / "cats" / "a.txt").write_text("")
+    with pytest.raises(DatasetNotFoundError, match=r"noimg: .*cats.*\.png"):
+        load_dataset("folder", root=tmp_path / "noimg")
+    write_image_folder(tmp_path / "odd", classes=2, per_class=2, test_per_class=1, size=(8, 8))
+    (tmp_path / "odd" / "val" / "class_1").rename(tmp_path / "odd" / "val" / "dog")
+    with pytest.raises(DatasetNotFoundError, match="only in train/: class_1; only in val/: dog"):
+        load_dataset("folder", root=tmp_path / "odd")
+
+
+def test_unreadable_image_is_named(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, classes=2, per_class=2, size=(8, 8))
+    bad = tmp_path / "train" / "class_1" / "1.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DatasetNotFoundError, match=f"{bad} is not a readable image"):
+        load_dataset("folder", root=tmp_path)
+
+
+def test_subset_larger_than_the_data_names_both(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, classes=2, per_class=10, test_per_class=1, size=(8, 8))
+    with pytest.raises(ValueError, match=f"subset=19 is larger than the 18 training images of folder in {tmp_path}"):
+        load_dataset("folder", root=tmp_path, val_fraction=0.1, subset=19)
+    with pytest.raises(ValueError, match=r"subset=46 is larger than the 45 training images of synthetic"):
+        load_dataset("synthetic", num_train=50, subset=46)
+    data = load_dataset("folder", root=tmp_path, val_fraction=0.1, subset=np.int64(18), num_workers=0)
+    assert len(data.train) == 18  # a numpy integer (from a results table) is an integer
+    with pytest.raises(ValueError, match="leaves none to train on"):
+        load_dataset("synthetic", num_train=1, val_fraction=0.6)
+
+
+def test_stream_workers_follow_the_training_threads(tmp_path: Path) -> None:
+    """A search trial given one CPU decodes in one loader worker, not in one per core of the machine."""
+    write_image_folder(tmp_path, classes=2, per_class=4, size=(8, 8))
+    data = load_dataset("folder", root=tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert data.train.workers() == 1 and data.train.loader(2).num_workers == 1
+        torch.set_num_threads(2)
+        assert data.train.workers() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert load_dataset("folder", root=tmp_path, num_workers=0).train.loader(2).num_workers == 0
+    with pytest.raises(ValueError, match="image_size"):
+        load_dataset("folder", root=tmp_path, image_size=0)
 
 
 # ---------------------------------------------------------------- synthetic, args

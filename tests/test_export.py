@@ -1,9 +1,10 @@
-"""save_architecture / load_architecture / export_best: bit-exact round trip, refusal of bad files."""
+"""save_architecture / load_architecture (lmsearch.archfile) and export_best: round trip, refusal of bad files."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import lmsearch
+import lmsearch.archfile as archfile
 import lmsearch.export as export
 from lmsearch.arch import ArchSpec
-from lmsearch.export import (
-    ArchitectureFileError,
-    export_best,
-    find_trial_weights,
-    load_architecture,
-    save_architecture,
-)
+from lmsearch.archfile import ArchitectureFileError, load_architecture, save_architecture
+from lmsearch.export import export_best, find_trial_weights
 from lmsearch.results import trial_row, write_experiment, write_trials_table
 
 LMSEARCH = str(Path(sys.executable).with_name("lmsearch"))
@@ -32,7 +30,7 @@ def spec() -> ArchSpec:
 
 
 def _trained(spec: ArchSpec) -> torch.nn.Module:
-    model = export._build_model(spec)
+    model = archfile._build_model(spec)
     with torch.no_grad():  # move every weight and buffer off its init so the round trip is not vacuous
         for name, t in model.state_dict().items():
             if t.is_floating_point():
@@ -83,7 +81,7 @@ def test_tampered_weights_refused(spec: ArchSpec, tmp_path: Path) -> None:
 def _rehash(out: Path, tensors: dict) -> None:
     save_file(tensors, str(out / "model.safetensors"))
     doc = json.loads((out / "arch.json").read_text())
-    doc["sha256"] = export._sha256(out / "model.safetensors")
+    doc["sha256"] = archfile._sha256(out / "model.safetensors")
     (out / "arch.json").write_text(json.dumps(doc))
 
 
@@ -125,6 +123,85 @@ def test_save_refuses_inconsistent_input(spec: ArchSpec, tmp_path: Path) -> None
     with pytest.raises(ValueError, match="built from"):
         save_architecture(model, spec.replace(width=8), tmp_path / "b")
     assert save_architecture(model, None, tmp_path / "c").is_dir()  # spec taken from model.spec
+
+
+def test_the_format_has_one_owner() -> None:
+    assert lmsearch.save_architecture is archfile.save_architecture
+    assert lmsearch.load_architecture is archfile.load_architecture
+    assert not {"save_architecture", "load_architecture", "read_arch_json"} & set(export.__all__)
+
+
+def _set_spec(out: Path, **fields: object) -> None:
+    doc = json.loads((out / "arch.json").read_text())
+    doc["spec"].update(fields)
+    (out / "arch.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("width", [10**6, 10**12])
+def test_huge_width_is_refused_before_allocating(spec: ArchSpec, tmp_path: Path, width: int) -> None:
+    """width 10**6 would allocate 36 TB (one 3x3 conv of 10**6 x 10**6); 10**12 overflows even on meta."""
+    out = save_architecture(_trained(spec), spec, tmp_path / "e")
+    _set_spec(out, width=width)
+    with pytest.raises(ArchitectureFileError) as info:
+        load_architecture(out)
+    message = str(info.value)
+    if width == 10**6:  # the header comparison names the weights file and the tensors
+        assert re.search(r"model\.safetensors: .*wrong shapes [\w.]+: file \([\d, ]+\) vs spec \([\d, ]+\)", message)
+        assert "file (16,) vs spec (4000000,)" in message
+        assert re.search(r"the spec needs [\d,]{19,} values, the file holds [\d,]{4,6}$", message)
+    else:
+        assert re.search(r"arch\.json: the network of this spec cannot be built \(width 10{12}, depth 14\)", message)
+
+
+def test_huge_depth_is_refused_before_building(spec: ArchSpec, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    out = save_architecture(_trained(spec), spec, tmp_path / "e")
+    _set_spec(out, depth=6 * 10**8 + 2)  # 3e8 residual functions: building even on meta would exhaust memory
+
+    def no_build(spec: ArchSpec) -> None:
+        raise AssertionError("the network was built")
+
+    monkeypatch.setattr(archfile, "_build_model", no_build)
+    with pytest.raises(ArchitectureFileError, match=r"arch\.json: the spec \(depth 600000002\) has 300000000 "
+                                                    r"residual functions but model\.safetensors holds only \d+ "
+                                                    r"tensors"):
+        load_architecture(out)
+
+
+def test_arch_json_fields_are_validated(spec: ArchSpec, tmp_path: Path) -> None:
+    out = save_architecture(_trained(spec), spec, tmp_path / "e")
+    good = json.loads((out / "arch.json").read_text())
+    cases = {
+        "sha256": (123, r"'sha256' must be the 64 hexadecimal digits.*got 123"),
+        "spec": ([1, 2], r"'spec' must be an object of ArchSpec fields; got list"),
+        "version": ("1", r"format version '1' is not supported"),
+        "weights": ("../x.safetensors", r"'weights' must be a file name"),
+    }
+    for field, (value, pattern) in cases.items():
+        (out / "arch.json").write_text(json.dumps({**good, field: value}))
+        with pytest.raises(ArchitectureFileError, match=r"arch\.json: " + pattern):
+            load_architecture(out)
+
+
+def test_save_refuses_nonfinite_weights(spec: ArchSpec, tmp_path: Path) -> None:
+    model = _trained(spec)
+    name = next(k for k, v in model.state_dict().items() if k.endswith("weight"))
+    with torch.no_grad():
+        model.state_dict()[name].view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=rf"tensors {name} hold NaN or infinite values.*nothing written"):
+        save_architecture(model, spec, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
+def test_save_refuses_a_file_in_the_way(spec: ArchSpec, tmp_path: Path) -> None:
+    model = _trained(spec)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep me")
+    with pytest.raises(ValueError, match=r"file\.txt exists and is not a directory"):
+        save_architecture(model, spec, blocker)
+    with pytest.raises(ValueError, match=r"file\.txt is a file, so the export directory .*sub cannot be created"):
+        save_architecture(model, spec, blocker / "sub")
+    assert blocker.read_text() == "keep me"
 
 
 # ------------------------------------------------------------------------------------------ export_best
@@ -207,3 +284,42 @@ def test_export_cli_writes_a_loadable_export(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "abc_00001" in proc.stdout
     assert load_architecture(tmp_path / "o").spec == specs["mid"]
+
+
+def test_export_cli_refuses_an_existing_file_as_out(tmp_path: Path) -> None:
+    exp, _ = _experiment(tmp_path, with_weights=True)
+    target = tmp_path / "taken.txt"
+    target.write_text("not an export")
+    proc = subprocess.run([LMSEARCH, "export", str(exp), "--max-params", "3000", "--out", str(target)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{target} exists and is not a directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert target.read_text() == "not an export"
+
+
+def test_export_best_checks_out_before_retraining(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exp, _ = _experiment(tmp_path, with_weights=False)
+    target = tmp_path / "taken.txt"
+    target.write_text("x")
+
+    def no_retrain(*args: object, **kwargs: object) -> None:
+        raise AssertionError("retrained although the output cannot be written")
+
+    monkeypatch.setattr(export, "_retrain", no_retrain)
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        export_best(exp, target, max_params=3000, retrain_epochs=5)
+
+
+def test_export_best_refuses_a_diverged_retrain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lmsearch.data
+
+    exp, specs = _experiment(tmp_path, with_weights=False)
+    write_trials_table(exp, [trial_row(specs["small"], trial_id="abc_00000", number=0, state="COMPLETE",
+                                       val_acc=0.8, params=1000, dataset="fashion-mnist", seed=0, lr=1e30,
+                                       batch_size=16)])
+    real = lmsearch.data.load_dataset
+    monkeypatch.setattr(lmsearch.data, "load_dataset", lambda *a, **k: real(
+        "synthetic", num_train=64, num_test=16, shape=(1, 12, 12), num_classes=10, val_fraction=0.0))
+    with pytest.raises(ValueError, match=r"retraining trial abc_00000 did not complete \(diverged"):
+        export_best(exp, tmp_path / "out", trial="0", retrain_epochs=1, device="cpu")
+    assert not (tmp_path / "out").exists()

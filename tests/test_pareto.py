@@ -175,3 +175,23 @@ def test_crowding_distance() -> None:
     d = crowding_distance(dup)
     assert d[1] == d[4] <= 1.25
     assert crowding_distance([[1, 2], [3, 4]]).tolist() == [np.inf, np.inf]
+
+
+def test_aggregate_seeds_groups_replicates_only() -> None:
+    from lmsearch.pareto import aggregate_seeds, repeats_seeds
+
+    arch = ['{"scheme": "lm", "depth": 20}'] * 4 + ['{"scheme": "lm", "depth": 32}']
+    train = ['{"lr": 0.1, "seed": 1}', '{"lr": 0.1, "seed": 2}', '{"lr": 0.05, "seed": 1}',
+             '{"lr": 0.1, "seed": 3}', '{"lr": 0.1, "seed": 1}']
+    df = pd.DataFrame({"trial_id": list("abcde"), "state": ["COMPLETE", "COMPLETE", "COMPLETE", "FAILED", "COMPLETE"],
+                       "arch_json": arch, "train_json": train, "seed": [1, 2, 1, 3, 1], "params": [10, 10, 10, 10, 16],
+                       "val_acc": [0.80, 0.90, 0.70, 0.99, 0.95], "test_acc": [0.79, 0.89, 0.69, 0.98, 0.94]})
+    assert repeats_seeds(df) and not repeats_seeds(df.iloc[2:])
+    agg = aggregate_seeds(df)
+    # a and b differ only in their seed; c has another lr; the FAILED d does not count
+    assert agg.trial_id.tolist() == ["a+b", "c", "e"]
+    assert agg.n.tolist() == [2, 1, 1] and agg.seeds.tolist() == [[1, 2], [1], [1]]
+    assert agg.val_acc.tolist() == pytest.approx([0.85, 0.70, 0.95])
+    assert agg.val_acc_sem.iloc[0] == pytest.approx(0.05) and np.isnan(agg.val_acc_sem.iloc[1])
+    assert "seed" not in agg.columns
+    assert pareto_front(agg).trial_id.tolist() == ["e", "a+b"]

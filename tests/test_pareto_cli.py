@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,13 +67,30 @@ def test_pareto_cli_prints_front_and_writes_plot(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "20 trials (18 complete, 1 pruned, 1 failed)" in out
-    # the front: the best seed of lm-20/32/44 (t11, t14, t17) and of euler-20 (t02, 3 params fewer than lm-20)
+    # seeds are replicates: the front is over each architecture's mean of its 3 seeds:
+    # lm-20/32/44 and euler-20 (3 params fewer than lm-20)
     table = out.split("Pareto front")[1].split("plot written")[0]
+    assert "4 architectures (mean +- standard error over their n seeds)" in table
     rows = [line.split() for line in table.strip().splitlines()[2:]]
-    assert [r[1] for r in rows] == ["t17", "t14", "t11", "t02"]
+    assert [r[1] for r in rows] == ["t15+t16+t17", "t12+t13+t14", "t09+t10+t11", "t00+t01+t02"]
     assert [r[2] for r in rows] == ["lm-44", "lm-32", "lm-20", "euler-20"]
+    # n = 3, then val_acc 0.844 + 0.02 + 0.001 (seeds add 0, 1, 2 thousandths) +- 0.001 / sqrt(3)
+    assert re.search(r" 3 +0\.8650\+-0\.0006 +0\.8600\+-0\.0006 ", table.strip().splitlines()[2])
     assert "<NA>" not in table and "pruned" not in table
     _assert_png(plot)
+
+
+def test_pareto_cli_front_is_per_trial_without_repeated_seeds(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    df = load_results(exp)
+    one_seed = df[(df.seed == 2) | df.seed.isna()].drop(columns="experiment")
+    write_trials_table(exp, one_seed)
+    proc = _lmsearch("pareto", str(exp))
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("Pareto front")[1]
+    assert "4 trials" in table and "+-" not in table
+    rows = [line.split() for line in table.strip().splitlines()[2:]]
+    assert [r[1] for r in rows] == ["t17", "t14", "t11", "t02"]
 
 
 def test_pareto_cli_by_scheme_and_compression(tmp_path: Path) -> None:
@@ -82,6 +100,12 @@ def test_pareto_cli_by_scheme_and_compression(tmp_path: Path) -> None:
     assert "scheme = euler" in proc.stdout and "scheme = lm" in proc.stdout
     assert "Compression table" in proc.stdout and "ratio lm" in proc.stdout
     assert "monotone: yes" in proc.stdout
+    # every LM net placed on ResNet's curve, with its interval and the verdict
+    placed = proc.stdout.split("LM nets on ResNet's")[1]
+    lines = {line.split()[1]: line for line in placed.splitlines() if line.strip().startswith("lm ")}
+    assert set(lines) == {"20", "32", "44"}
+    assert ">=" in lines["44"] and ">=" not in lines["20"]  # lm-44 beats the deepest ResNet: a bound
+    assert "verdict: " in placed
 
 
 def test_pareto_cli_writes_compression_table_and_plot(tmp_path: Path) -> None:

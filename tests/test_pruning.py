@@ -11,7 +11,9 @@ import optuna
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from lmsearch.pruning import ParetoPruner, PrunerScheduler, make_pruner, rungs
+from lmsearch.pruning import ParetoPruner, PrunerScheduler, make_pruner, make_scheduler, rungs
+from lmsearch.searcher import StudySearcher
+from lmsearch.space import load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -82,11 +84,11 @@ def test_scheduler_with_pareto_pruner_stops_dominated_trial_and_records_it(tmp_p
     # (0.6, 200) at rung 1 is third of three fronts; ceil(3/2) = 2 go on: stopped at epoch 1
     assert _run_trial(sched, study, [0.6, 0.6, 0.6, 0.6], 200) == 1
     trials = study.get_trials()
-    assert trials[2].state == optuna.trial.TrialState.PRUNED
     assert trials[2].user_attrs["pruned_at_epoch"] == 1
+    assert "pruned_at_epoch" not in trials[0].user_attrs and "pruned_at_epoch" not in trials[1].user_attrs
+    # every judged epoch is recorded, the stopped trial's rung value too (later trials are judged against it)
     assert trials[0].intermediate_values == {1: 0.8, 2: 0.85, 3: 0.9, 4: 0.9}
-    # Only COMPLETE trials can be on Optuna's Pareto front.
-    assert {t.number for t in study.best_trials} <= {0, 1}
+    assert trials[2].intermediate_values == {1: 0.6}
 
 
 def test_pruner_state_survives_a_restart(tmp_path: Path) -> None:
@@ -138,3 +140,35 @@ def test_hyperband_runs_on_a_multi_objective_study(tmp_path: Path) -> None:
         stops[number] = _run_trial(sched, study, accs, 100)
     assert stops[0] is None and stops[3] is None
     assert stops[6] == 1
+
+
+def test_a_trial_the_scheduler_stops_is_told_pruned_by_the_searcher(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text("architecture: {scheme: [euler, lm]}\nbudget: {epochs: 4}\n"
+                                     "search: {sampler: random, pruner: median, num_samples: 3}\n")
+    space = load_space(tmp_path / "s.yaml")
+    searcher = StudySearcher(space, tmp_path, in_channels=1, num_classes=10, fresh=True)
+    scheduler = make_scheduler(space, tmp_path)
+
+    def run(trial_id: str, accs: list[float]) -> int | None:
+        """One trial as Tune drives it: the scheduler sees each result first, the searcher unless stopped."""
+        config = searcher.suggest(trial_id)
+        trial = SimpleNamespace(config=config)
+        for epoch, acc in enumerate(accs, start=1):
+            result = {"epoch": epoch, "epochs": 4, "val_acc": acc, "params": config["params"],
+                      "status": "completed" if epoch == 4 else "running"}
+            if scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP:
+                searcher.on_trial_complete(trial_id, result)
+                return epoch
+            searcher.on_trial_result(trial_id, result)
+        searcher.on_trial_complete(trial_id, result)
+        return None
+
+    assert run("a", [0.80, 0.85, 0.90, 0.92]) is None
+    assert run("b", [0.82, 0.86, 0.91, 0.93]) is None
+    assert run("c", [0.30, 0.31, 0.32, 0.33]) == 1  # below the median of a and b at epoch 1
+    a, b, c = optuna.load_study(study_name=space.name, storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    assert a.state == b.state == optuna.trial.TrialState.COMPLETE
+    assert c.state == optuna.trial.TrialState.PRUNED and c.values is None
+    assert c.user_attrs["pruned_at_epoch"] == c.user_attrs["epochs_run"] == 1
+    assert c.intermediate_values == {1: 0.30}
+    assert a.intermediate_values == {1: 0.80, 2: 0.85, 3: 0.90, 4: 0.92}

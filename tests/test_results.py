@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lmsearch import results
 from lmsearch.arch import ArchSpec
 from lmsearch.pareto import pareto_front
 from lmsearch.results import (
@@ -181,3 +182,54 @@ def test_curves(tmp_path: Path) -> None:
     assert {c: str(t) for c, t in curves.dtypes.items()} == {"experiment": "string", **CURVE_DTYPES}
     assert len(curves) == 12 and curves["epoch"].tolist()[:2] == [1, 2]
     assert curves["train_loss"].tolist()[:2] == [1.0, 0.5]
+
+
+# ---------------------------------------------------------------- one reader, ids that look like numbers
+NUMBERLIKE_IDS = ["12345678", "00012300", "1e100000", "87736e49", "00000000", "1_000", "nan", "inf", "True"]
+
+
+def test_ids_that_look_like_numbers_survive_every_reader(tmp_path: Path) -> None:
+    results.write_experiment(tmp_path, {"name": "ids"})
+    results.write_trials_table(tmp_path, [{"trial_id": t, "number": i, "state": "COMPLETE", "val_acc": 0.5}
+                                          for i, t in enumerate(NUMBERLIKE_IDS)])
+    results.write_curves(tmp_path, [{"trial_id": t, "number": i, "epoch": 1, "val_acc": 0.5}
+                                    for i, t in enumerate(NUMBERLIKE_IDS)])
+    assert list(results.load_results(tmp_path).trial_id) == NUMBERLIKE_IDS
+    assert sorted(results.load_curves(tmp_path).trial_id) == sorted(NUMBERLIKE_IDS)
+    assert [r["trial_id"] for r in results.read_trial_rows(tmp_path)] == NUMBERLIKE_IDS
+    rows = results.read_curve_rows(tmp_path)
+    assert [r["trial_id"] for r in rows] == NUMBERLIKE_IDS
+    assert all(type(r["epoch"]) is int and r["train_loss"] is None for r in rows)
+    # what a resumed search does: read, then write back; nothing may change
+    before = (tmp_path / results.CURVES_FILE).read_bytes()
+    results.write_curves(tmp_path, rows)
+    assert (tmp_path / results.CURVES_FILE).read_bytes() == before
+
+
+def test_recorder_reads_curves_through_the_one_reader(tmp_path: Path) -> None:
+    from lmsearch.recorder import TrialRecorder
+    from lmsearch.space import load_space
+
+    results.write_curves(tmp_path, [{"trial_id": "87736e49", "number": 0, "epoch": 1, "val_acc": 0.25}])
+    (tmp_path / "s.yaml").write_text("name: x\ndataset: {name: synthetic}\narchitecture: {scheme: euler}\n")
+    space = load_space(tmp_path / "s.yaml")
+    recorder = TrialRecorder(space, tmp_path)
+    results.write_curves(tmp_path, list(recorder._curves.values()))
+    assert results.read_curve_rows(tmp_path)[0]["trial_id"] == "87736e49"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text[:-3], "cut short"),                      # "...0.828\n" -> "...0.8"
+    (lambda text: text + "a,1\n", "cells"),                       # a row with too few cells
+    (lambda text: text.replace("0.828", "0.8x8"), "non-number"),  # a garbled number
+    (lambda text: text.replace("COMPLETE", "COMPLETED"), "allowed"),
+])
+def test_a_damaged_table_is_refused_not_misread(tmp_path: Path, damage, message: str) -> None:
+    results.write_experiment(tmp_path, {"name": "damaged"})
+    results.write_trials_table(tmp_path, [{"trial_id": "a", "number": 0, "state": "COMPLETE", "params": 10,
+                                           "val_acc": 0.828}])
+    path = tmp_path / results.TRIALS_FILE
+    assert results.load_results(tmp_path).val_acc.iloc[0] == 0.828
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(results.ExperimentFolderError, match=message):
+        results.load_results(tmp_path)

@@ -1,4 +1,4 @@
-"""Scheme semantics (DESIGN.md) against references written out from the formulas.
+"""Scheme semantics (lmsearch.nn.schemes' docstring) against references written out from the formulas.
 
 The references recompute the forward pass from the model's own submodules
 (stem, residual functions, shortcuts, k, head) by the scheme formulas; they
@@ -39,7 +39,7 @@ def _identity(t: Tensor) -> Tensor:
 
 
 def _reference(model: nn.Module, x: Tensor) -> Tensor:
-    """The network's output computed from its parts by DESIGN.md's formulas."""
+    """The network's output computed from its parts by the schemes' formulas."""
     spec = model.spec
     act: Callable[[Tensor], Tensor] = _identity if spec.preact else torch.relu
     h = model.stem(x)

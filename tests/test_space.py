@@ -128,6 +128,8 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "search_spaces").glob("*.yaml")))
-def test_shipped_spaces_validate(name: str) -> None:
+def test_shipped_spaces_validate(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "data").mkdir()  # the CIFAR spaces' data_dir ~/data must exist
+    monkeypatch.setenv("HOME", str(tmp_path))
     space = load_space(REPO / "search_spaces" / name)
     assert space.num_samples >= 1

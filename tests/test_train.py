@@ -66,7 +66,7 @@ def test_same_seed_same_result(tiny_data) -> None:
         model = lm_net(depth=14, width=4, noise="stochastic_depth", noise_prob=0.3)
         runs.append((Trainer(model, tiny_data, _config(seed=7)).fit(), model))
     (r1, m1), (r2, m2) = runs
-    assert r1.status == r2.status == "completed"
+    assert r1.status == r2.status == "completed" and all(h["diverged"] == "" for h in r1.history)
     assert _timeless(r1.history) == _timeless(r2.history)
     assert _same_weights(m1, m2)
     other = lm_net(depth=14, width=4, noise="stochastic_depth", noise_prob=0.3)
@@ -161,6 +161,45 @@ def test_nan_model_does_not_poison_weights(tiny_data) -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())  # stopped before the bad step
 
 
+class _PoisonAfter(nn.Module):
+    """Finite outputs in training; from the ``n``-th training call on, its ``scale`` buffer is inf (and, with
+    ``eval_inf``, its evaluation logits are inf while every weight stays finite)."""
+
+    def __init__(self, n: int, eval_inf: bool = False) -> None:
+        super().__init__()
+        self.calls, self.n, self.eval_inf = 0, n, eval_inf
+        self.fc = nn.Linear(144, 4)
+        self.register_buffer("scale", torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x.flatten(1))
+        if not self.training:
+            return out * math.inf if self.eval_inf else out
+        self.calls += 1
+        if self.calls >= self.n and not self.eval_inf:
+            self.scale.fill_(math.inf)  # after the loss was computed from finite values
+        return out
+
+
+def test_nonfinite_buffer_after_an_epoch_is_divergence(tiny_data) -> None:
+    seen = []
+    model = _PoisonAfter(18)  # 9 steps per epoch: the buffer turns inf at the last step of epoch 2
+    result = Trainer(model, tiny_data, _config(epochs=3, channels_last=False)).fit(callback=seen.append)
+    assert result.status == "diverged" and result.epochs == 1
+    assert "diverged in epoch 2: the buffer scale holds NaN or infinite values" in result.message
+    assert [m["diverged"] for m in seen] == ["", result.message]
+    assert math.isfinite(seen[1]["train_loss"]) and math.isnan(seen[1]["val_loss"])
+
+
+def test_nonfinite_validation_loss_is_divergence(tiny_data) -> None:
+    seen = []
+    trainer = Trainer(_PoisonAfter(1, eval_inf=True), tiny_data, _config(epochs=2, channels_last=False))
+    result = trainer.fit(callback=seen.append)
+    assert result.status == "diverged" and trainer.epoch == 0 and result.epochs == 0
+    assert "diverged in epoch 1: the validation loss is nan" in result.message
+    assert len(seen) == 1 and seen[0]["diverged"] == result.message
+
+
 def test_callback_stops_and_caller_rng_untouched(tiny_data) -> None:
     trainer = Trainer(lm_net(width=4), tiny_data, _config(epochs=4))
     torch.manual_seed(42)
@@ -207,4 +246,8 @@ def test_schedules_and_config_checks() -> None:
                 {"batch_size": 12.5}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
+    for name in ("lr", "weight_decay", "warmup_epochs", "momentum", "label_smoothing"):
+        for value in (math.inf, math.nan):
+            with pytest.raises(ValueError, match=f"{name} must be a finite number; got {value}"):
+                TrainConfig(**{name: value})
     assert TrainConfig(batch_size=128.0).batch_size == 128  # e.g. read back from a results table

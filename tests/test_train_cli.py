@@ -64,7 +64,7 @@ def test_train_spec_json_on_fashion_mnist_and_save(tmp_path: Path, capsys: pytes
     assert any(line.startswith("test accuracy") and "(10000 images)" in line for line in lines)
     assert (tmp_path / "out" / "arch.json").is_file() and (tmp_path / "out" / "model.safetensors").is_file()
 
-    from lmsearch.export import load_architecture
+    from lmsearch.archfile import load_architecture
 
     model = load_architecture(tmp_path / "out")
     assert (model.spec.scheme, model.spec.depth, model.spec.in_channels, model.spec.num_classes) == ("lm", 14, 1, 10)
@@ -113,3 +113,45 @@ def test_divergence_exits_1_and_saves_nothing(tmp_path: Path, capsys: pytest.Cap
     assert code == 1 and "diverged at epoch 1" in err and "nothing saved" in err
     assert "train_loss nan" in out and "test accuracy" not in out
     assert not (tmp_path / "out").exists()
+
+
+def test_save_refuses_untrained_or_nonfinite_weights(tmp_path: Path) -> None:
+    """As a user runs it: nothing is written and the exit status is non-zero."""
+    base = ("resnet20", "--dataset", "synthetic", "--subset", "32", "--batch-size", "32", "--threads", "1",
+            "--no-progress")
+    out = tmp_path / "out"
+    proc = lmsearch(*base, "--epochs", "0", "--save", str(out))
+    assert proc.returncode == 2 and "--save with --epochs 0 would save untrained weights" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+    for flag in ("--lr", "--weight-decay", "--momentum", "--warmup-epochs", "--label-smoothing"):
+        proc = lmsearch(*base, flag, "inf", "--save", str(out))
+        assert proc.returncode == 2 and f"argument {flag}: must be a finite number; got 'inf'" in proc.stderr
+    assert not out.exists()
+
+    # one step whose loss is finite but whose weights then overflow the network: the validation loss is NaN
+    proc = lmsearch(*base, "--epochs", "1", "--lr", "1e37", "--save", str(out))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "diverged in epoch 1: the validation loss is nan" in proc.stderr and "nothing saved" in proc.stderr
+    assert "test accuracy" not in proc.stdout and not out.exists()
+
+
+def test_absurd_widths_are_clear_errors(tmp_path: Path) -> None:
+    from lmsearch.arch import ArchSpec
+    from lmsearch.archfile import save_architecture
+    from lmsearch.nn.network import build_model
+
+    spec = ArchSpec(scheme="lm", depth=8, width=4, in_channels=3)
+    export = save_architecture(build_model(spec), spec, tmp_path / "export")
+    doc = json.loads((export / "arch.json").read_text())
+    doc["spec"]["width"] = 10**6  # 36 TB of weights
+    (export / "arch.json").write_text(json.dumps(doc))
+    proc = lmsearch(str(export), "--init-weights", "--dataset", "synthetic", "--epochs", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "model.safetensors: the weights do not fit the architecture in arch.json" in proc.stderr
+
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(doc["spec"]))
+    proc = lmsearch(str(big), "--dataset", "synthetic", "--epochs", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{big}: cannot build the network (width 1000000, depth 8)" in proc.stderr

@@ -27,14 +27,15 @@ PUBLISHED = {
 }
 
 EXPECTED_NAMES = sorted(
-    [f"{p}resnet{d}" for p in ("", "lm_", "preact_", "lm_preact_") for d in (20, 32, 44, 56, 110)]
+    [f"{p}resnet{d}" for p in ("", "lm_", "preact_", "lm_preact_", "authors_", "lm_authors_")
+     for d in (20, 32, 44, 56, 110)]
     + [f"{p}resnext29_{c}x64d" for p in ("", "lm_") for c in (8, 16)]
     + [f"{p}resnet{d}" for p in ("", "lm_") for d in (50, 101)]
 )
 
 
 def _base(name: str) -> str:
-    return name.removeprefix("lm_").removeprefix("preact_")
+    return name.removeprefix("lm_").removeprefix("preact_").removeprefix("authors_")
 
 
 def _lm_steps(spec: ArchSpec) -> int:
@@ -62,6 +63,33 @@ def test_every_entry_parameter_count(name: str) -> None:
         assert count == exact
         digits = len(published.split(".")[1])
         assert f"{count / 1e6:.{digits}f}" == published
+
+
+# What the LM-ResNet authors' MResNet uses in its forward pass (3 input channels, 10 classes), counted
+# from their code: pre-activation steps, stem conv without BN, BN-ReLU-1x1 conv projections.
+AUTHORS_LM_COUNTS = {"lm_authors_resnet20": 272_384, "lm_authors_resnet56": 855_698,
+                     "lm_authors_resnet110": 1_730_669}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_LM_COUNTS))
+def test_authors_presets_have_the_authors_parameter_counts(name: str) -> None:
+    assert count_params(model_spec(name)) == AUTHORS_LM_COUNTS[name]
+
+
+def test_authors_projection_is_bn_relu_conv_on_the_step_input() -> None:
+    from lmsearch.nn.network import build_model
+
+    model = build_model(model_spec("lm_authors_resnet20"))
+    shortcuts = [m.shortcut for m in model.modules() if getattr(m, "shortcut", None) is not None]
+    assert len(shortcuts) == 2  # the two stage transitions
+    for sc, cin in zip(shortcuts, (16, 32), strict=True):
+        assert [type(m).__name__ for m in sc] == ["BatchNorm2d", "ReLU", "Conv2d"]
+        assert sc.bn.num_features == cin and sc.conv.kernel_size == (1, 1) and sc.conv.stride == (2, 2)
+    # and it differs from the bare-conv layout by exactly those two batch norms
+    bare = count_params(model_spec("lm_preact_resnet20"))
+    assert count_params(model_spec("lm_authors_resnet20")) - bare == 2 * (16 + 32)
+    with pytest.raises(ValueError, match="preact_conv"):
+        model_spec("authors_resnet20", preact=False)
 
 
 def test_zoo_specs_are_the_papers_layouts() -> None:
@@ -141,11 +169,11 @@ def test_unknown_model_lists_close_matches() -> None:
 
 
 def test_create_model_from_a_directory_delegates_to_load_architecture(tmp_path: Path, monkeypatch) -> None:
-    import lmsearch.export
+    import lmsearch.archfile
 
     calls = []
     sentinel = torch.nn.Identity()
-    monkeypatch.setattr(lmsearch.export, "load_architecture", lambda path: calls.append(path) or sentinel)
+    monkeypatch.setattr(lmsearch.archfile, "load_architecture", lambda path: calls.append(path) or sentinel)
     assert create_model(str(tmp_path)) is sentinel
     assert create_model(tmp_path) is sentinel
     assert calls == [str(tmp_path), tmp_path]

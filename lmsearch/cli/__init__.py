@@ -14,6 +14,7 @@ VERBS = {
     "pareto": "lmsearch.cli.pareto_cmd",
     "export": "lmsearch.cli.export_cmd",
     "models": "lmsearch.cli.models_cmd",
+    "check": "lmsearch.cli.check_cmd",
 }
 
 

@@ -29,11 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="device for retraining (default: cuda if available)")
     parser.add_argument("--data-dir", default=None,
                         help="dataset folder for retraining (default: the experiment's dataset.data_dir)")
-    parser.add_argument("--out", required=True, metavar="DIR2", help="output directory")
+    parser.add_argument("--out", required=True, metavar="DIR2",
+                        help="output directory (created if needed; must not be an existing file)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmsearch.export import export_best, read_arch_json
+    from lmsearch.archfile import read_arch_json
+    from lmsearch.export import export_best
     from lmsearch.results import ExperimentFolderError
 
     try:
@@ -41,8 +43,11 @@ def run(args: argparse.Namespace) -> int:
                           retrain_epochs=args.retrain_epochs, device=args.device,
                           data_root=args.data_dir)
     except (ExperimentFolderError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"lmsearch export: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. no permission to write --out
+        print(f"lmsearch export: error: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 1
     doc = read_arch_json(out)
     spec, prov, metrics = doc["spec"], doc.get("provenance", {}), doc.get("metrics", {})
     print(f"exported {spec['scheme']}-{spec['depth']} (width {spec['width']}) "

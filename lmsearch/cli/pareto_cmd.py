@@ -18,7 +18,7 @@ examples:
       --compression-plot compression.png --compression-csv compression.csv"""
 
 _SHOW = ["experiment", "number", "trial_id", "arch", "width", "block", "params", "flops",
-         "val_acc", "test_acc", "epochs_run", "state"]
+         "n", "val_acc", "test_acc", "epochs_run", "state"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +64,9 @@ def _fmt_table(front: pd.DataFrame, objectives: list[tuple[str, str]], multi: bo
     view = view[columns]
     text = {}
     for col in view.columns:
+        if col in ("val_acc", "test_acc") and f"{col}_sem" in front.columns:  # a mean over seeds
+            text[col] = [_mean_sem(v, e) for v, e in zip(view[col], front[f"{col}_sem"], strict=True)]
+            continue
         if col in ("val_acc", "test_acc"):
             fmt = "{:.4f}".format
         elif col in ("params", "flops"):
@@ -72,6 +75,12 @@ def _fmt_table(front: pd.DataFrame, objectives: list[tuple[str, str]], multi: bo
             fmt = str
         text[col] = ["" if pd.isna(v) else fmt(v) for v in view[col].astype(object)]
     return pd.DataFrame(text).to_string(index=False)
+
+
+def _mean_sem(value: object, sem: object) -> str:
+    if pd.isna(value):
+        return ""
+    return f"{value:.4f}" if pd.isna(sem) else f"{value:.4f}+-{sem:.4f}"
 
 
 def _summary(df: pd.DataFrame) -> str:
@@ -118,8 +127,32 @@ def _fmt_compression(table: pd.DataFrame, monotone: pd.DataFrame, metric: str) -
     return "\n".join(lines)
 
 
+def _fmt_interpolated(table: pd.DataFrame, verdict: str, metric: str) -> str:
+    """The LM nets on ResNet's curve: matched params, compression and its interval, then the verdict."""
+    lines = [f"LM nets on ResNet's {metric}-vs-log(params) curve (95% bootstrap interval over seeds):"]
+    if not len(table):
+        return lines[0] + "\n  (no ResNet and LM nets to compare)"
+    view = pd.DataFrame({
+        "family": table["family"], "depth": table["depth"], "params": [f"{int(p):,}" for p in table["params"]],
+        "n": table["n"],
+        f"{metric} % (mean +- sem)": [f"{100 * a:.2f}" + ("" if pd.isna(e) else f" +- {100 * e:.2f}")
+                                      for a, e in zip(table["acc_mean"], table["acc_sem"], strict=True)],
+        "matching ResNet params": [f"{b}{m:,.0f}" for b, m in zip(table["bound"], table["matched_params"],
+                                                                 strict=True)],
+        # P* >= the largest ResNet means compression >= its value, and the same for <=
+        "compression %": [f"{b}{100 * c:.1f}" for b, c in zip(table["bound"], table["compression"], strict=True)],
+        "95% interval %": [f"[{100 * lo:.1f}, {100 * hi:.1f}]" for lo, hi in zip(table["ci_low"], table["ci_high"],
+                                                                                  strict=True)],
+    })
+    lines.append(view.to_string(index=False))
+    lines.append("compression = 1 - LM params / the ResNet params of equal mean accuracy (>= / <=: beyond the "
+                 "ResNet curve, a bound); the paper claims > 50%.")
+    lines.append(f"verdict: {verdict} (reproduced only if some net's interval lies entirely above 50%)")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
-    from lmsearch.pareto import DEFAULT_OBJECTIVES, normalize_objectives, pareto_front
+    from lmsearch.pareto import DEFAULT_OBJECTIVES, aggregate_seeds, normalize_objectives, pareto_front, repeats_seeds
     from lmsearch.results import ExperimentFolderError, load_results
 
     try:
@@ -132,24 +165,31 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: --by {args.by}: no such column", file=sys.stderr)
                 return 2
             for value, group in df.groupby(df[args.by].astype(object), sort=True):
-                front = pareto_front(group, objectives)
+                front = pareto_front(aggregate_seeds(group) if repeats_seeds(df) else group, objectives)
                 print(f"\nPareto front, {args.by} = {value} ({len(front)} of {len(group)} trials):")
                 print(_fmt_table(front, objectives, multi) if len(front) else "  (no complete trials)")
-        front = pareto_front(df, objectives)
+        # seeds are replicates: where the space repeats an architecture, the front is over their means
+        replicated = repeats_seeds(df)
+        table = aggregate_seeds(df) if replicated else df
+        front = pareto_front(table, objectives)
         what = " vs ".join(f"{c} ({d})" for c, d in objectives)
-        print(f"\nPareto front{' over all' if args.by else ''}: {what}, {len(front)} trials")
+        unit = "architectures (mean +- standard error over their n seeds)" if replicated else "trials"
+        print(f"\nPareto front{' over all' if args.by else ''}: {what}, {len(front)} {unit}")
         print(_fmt_table(front, objectives, multi) if len(front) else "  (no complete trials yet)")
         if args.plot:
             from lmsearch.plots import plot_pareto
 
-            path = plot_pareto(df, args.plot, objectives=objectives, by=args.by or "scheme")
+            path = plot_pareto(table, args.plot, objectives=objectives, by=args.by or "scheme")
             print(f"\nplot written to {path}")
         if args.compression or args.compression_plot or args.compression_csv:
-            from lmsearch.analysis import compression_table, monotonicity
+            from lmsearch.analysis import compression_table, compression_verdict, interpolated_compression, monotonicity
 
             table = compression_table(df, metric=args.metric)
             print(f"\nCompression table ({args.metric}, complete trials):")
             print(_fmt_compression(table, monotonicity(table), args.metric) if len(table) else "  (no data)")
+            placed = interpolated_compression(df, metric=args.metric)
+            print()
+            print(_fmt_interpolated(placed, compression_verdict(placed), args.metric))
             if args.compression_csv:
                 Path(args.compression_csv).parent.mkdir(parents=True, exist_ok=True)
                 table.to_csv(args.compression_csv, index=False)

@@ -12,8 +12,16 @@ examples:
   lmsearch search search_spaces/fashion_quick.yaml
   lmsearch search search_spaces/fashion_quick.yaml --num-samples 4 --out /tmp/quick
   lmsearch search search_spaces/fashion_quick.yaml --out /tmp/quick --resume
-  ray start --head --node-ip-address=127.0.0.2 --port=6390 --num-cpus=2
+  RAY_AUTH_MODE=token ray start --head --node-ip-address=127.0.0.2 --port=6390 --num-cpus=2
   lmsearch search search_spaces/fashion_quick.yaml --address 127.0.0.2:6390
+
+Joining a cluster (--address) needs its token in RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN
+or ~/.ray/auth_token (README: "GPUs and Ray clusters").
+
+Exit status: 0 when every trial has ended; 2 when the search cannot start (bad
+space file, data, --out, --address or resources: a new experiment then leaves
+nothing behind) or another running search uses --out; 130 when interrupted
+(Ctrl-C: continue with --resume).
 
 The experiment folder (default results/<name>/) gets space.yaml, trials.csv,
 curves.csv, pareto.csv, the Optuna study (study.db: optuna-dashboard
@@ -43,8 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lmsearch.cluster import ClusterAuthError
     from lmsearch.lock import ExperimentLocked
-    from lmsearch.search import SearchError, run_search
+    from lmsearch.results import ExperimentFolderError
+    from lmsearch.search import SearchError, SearchInterrupted, run_search
     from lmsearch.space import SpaceError
 
     try:
@@ -54,7 +64,14 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume, node_ip=None if args.node_ip == "auto" else args.node_ip,
             verbose=0 if args.quiet else 1,
         )
-    except (SpaceError, SearchError, ExperimentLocked, FileNotFoundError) as exc:
+    except (SpaceError, SearchError, ExperimentLocked, ClusterAuthError, ExperimentFolderError,
+            FileNotFoundError) as exc:
         print(f"lmsearch search: error: {exc}", file=sys.stderr)
         return 2
+    except SearchInterrupted as exc:
+        print(f"lmsearch search: interrupted; {exc.exp_dir} resumes with --resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the search began: a new one leaves nothing behind
+        print("lmsearch search: interrupted", file=sys.stderr)
+        return 130
     return 0

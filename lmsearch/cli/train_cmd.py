@@ -34,6 +34,17 @@ DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight
             "label_smoothing": 0.0, "schedule": "step", "warmup_epochs": 0.0}
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (``inf``/``nan`` are refused here; ranges are TrainConfig's to check)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = argparse.Namespace(**DEFAULTS)
     parser.add_argument("model", metavar="MODEL|ARCH.json",
@@ -45,20 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="where the dataset is (default $LMSEARCH_DATA, then /usr/share/datasets/fashion-mnist)")
     g.add_argument("--download", action="store_true", help="cifar10/cifar100: download when missing (needs internet)")
     g.add_argument("--subset", type=int, metavar="N", help="train on N images of the training part (seeded)")
-    g.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+    g.add_argument("--val-fraction", type=finite_float, default=0.1, metavar="F",
                    help="share of the training set held out for validation (default 0.1)")
     g.add_argument("--image-size", type=int, metavar="PX", help="imagenet/folder: image size (default 224)")
     t = parser.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"epochs (default {d.epochs})")
     t.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B", help=f"default {d.batch_size}")
-    t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
-    t.add_argument("--momentum", type=float, default=d.momentum, help=f"default {d.momentum}")
+    t.add_argument("--lr", type=finite_float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    t.add_argument("--momentum", type=finite_float, default=d.momentum, help=f"default {d.momentum}")
     t.add_argument("--no-nesterov", dest="nesterov", action="store_false", help="plain momentum instead of Nesterov")
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"default {d.weight_decay}")
-    t.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="default 0")
+    t.add_argument("--weight-decay", type=finite_float, default=d.weight_decay, help=f"default {d.weight_decay}")
+    t.add_argument("--label-smoothing", type=finite_float, default=d.label_smoothing, help="default 0")
     t.add_argument("--schedule", choices=SCHEDULE_NAMES, default=d.schedule,
                    help="lr schedule (default step: /10 at 50%% and 75%% of training, as in the paper)")
-    t.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="E", help="linear warm-up")
+    t.add_argument("--warmup-epochs", type=finite_float, default=d.warmup_epochs, metavar="E", help="linear warm-up")
     t.add_argument("--seed", type=int, default=0, help="seeds initialisation, split, order and augmentation")
     t.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     t.add_argument("--bn-recalibration", type=int, default=0, metavar="N",
@@ -73,7 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
-    r.add_argument("--save", metavar="DIR", help="write arch.json + model.safetensors here after training")
+    r.add_argument("--save", metavar="DIR",
+                   help="write arch.json + model.safetensors here after training (needs --epochs >= 1; "
+                        "nothing is saved when the run diverges)")
 
 
 class _UsageError(Exception):
@@ -95,7 +108,7 @@ def _read_spec(model_arg: str) -> tuple[Any, Path | None]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _UsageError(f"{path}: cannot read an architecture from it ({exc})") from None
     if isinstance(doc, dict) and "format" in doc:
-        from lmsearch.export import read_arch_json
+        from lmsearch.archfile import read_arch_json
 
         try:
             doc = read_arch_json(path)
@@ -148,7 +161,7 @@ def _model(args: argparse.Namespace, in_channels: int, num_classes: int) -> tupl
             raise _UsageError("--init-weights needs an export directory (arch.json + model.safetensors) as MODEL")
         if adapted != spec:
             raise _UsageError("--init-weights: the export's in_channels/num_classes do not fit the dataset")
-        from lmsearch.export import load_architecture
+        from lmsearch.archfile import load_architecture
 
         try:
             model = load_architecture(export_dir)
@@ -156,7 +169,11 @@ def _model(args: argparse.Namespace, in_channels: int, num_classes: int) -> tupl
             raise _UsageError(str(exc)) from None
     else:
         torch.manual_seed(args.seed)
-        model = build_model(adapted)
+        try:
+            model = build_model(adapted)
+        except (RuntimeError, MemoryError) as exc:  # e.g. a width that needs terabytes
+            raise _UsageError(f"{source}: cannot build the network (width {adapted.width}, depth {adapted.depth}): "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return model, adapted, source
 
 
@@ -192,8 +209,16 @@ def _train(args: argparse.Namespace) -> int:
                              bn_recalibration=args.bn_recalibration)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
-    if args.save and Path(args.save).exists() and not Path(args.save).is_dir():
-        raise _UsageError(f"--save {args.save}: exists and is not a directory")
+    if args.save:
+        from lmsearch.archfile import check_output_dir
+
+        if config.epochs == 0:
+            raise _UsageError("--save with --epochs 0 would save untrained weights; train at least one epoch, "
+                              "or drop --save to only evaluate")
+        try:
+            check_output_dir(args.save)
+        except ValueError as exc:
+            raise _UsageError(f"--save {args.save}: {exc}") from None
     try:
         data = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction, seed=args.seed,
                             subset=args.subset, download=args.download, **options)
@@ -216,7 +241,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"test accuracy {100 * result.test_acc:.2f}% ({len(data.test)} images), test loss "
           f"{result.test_loss:.4f}; {result.epochs} epoch{'s' * (result.epochs != 1)} in {result.seconds:.1f} s", flush=True)
     if args.save:
-        from lmsearch.export import save_architecture
+        from lmsearch.archfile import save_architecture
 
         last = result.history[-1] if result.history else {}
         metadata = {
@@ -227,7 +252,11 @@ def _train(args: argparse.Namespace) -> int:
                            "train_config": {k: v for k, v in result.config.items() if k != "progress"},
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
         }
-        out = save_architecture(model.cpu(), spec, args.save, metadata=metadata)
+        try:
+            out = save_architecture(model.cpu(), spec, args.save, metadata=metadata)
+        except ValueError as exc:  # e.g. non-finite weights the trainer did not flag
+            print(f"lmsearch train: {exc}", file=sys.stderr)
+            return 1
         print(f"saved {out / 'arch.json'} and {out / 'model.safetensors'}")
     return 0
 

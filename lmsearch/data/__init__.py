@@ -1,4 +1,5 @@
-"""Datasets for training and search: Fashion-MNIST (the default), CIFAR-10/100, image folders, synthetic.
+"""Datasets for training and search: Fashion-MNIST (the default), CIFAR-10/100, ImageNet, your own image
+folders (``folder``: grey or colour, any size), synthetic.
 
 See :func:`load_dataset`. Small sets are uint8 tensors held whole
 (:class:`TensorSplit`), large ones stream from disk (:class:`StreamSplit`).

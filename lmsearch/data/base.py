@@ -83,22 +83,29 @@ class StreamSplit:
     """One part of a dataset read from disk: ``dataset`` yields ``(uint8 (C, H, W) tensor, int label)``.
 
     ``indices`` restricts it to a subset (the seeded validation split or
-    ``subset=N``); ``None`` means every item.
+    ``subset=N``); ``None`` means every item. ``num_workers`` DataLoader
+    processes decode the images; ``None`` decides when the loader is made, in
+    the process that trains: its torch threads, at most 4 (so a search trial
+    given one CPU decodes in one worker, not in one per core of the machine).
     """
 
     dataset: Dataset
     indices: tuple[int, ...] | None = None
-    num_workers: int = 4
+    num_workers: int | None = None
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.dataset)  # type: ignore[arg-type]
+
+    def workers(self) -> int:
+        """The number of DataLoader worker processes :meth:`loader` uses here."""
+        return min(4, torch.get_num_threads()) if self.num_workers is None else self.num_workers
 
     def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                pin_memory: bool = False) -> DataLoader:
         """A DataLoader of ``(uint8 images (B, C, H, W), int64 labels)``; the order is seeded by ``seed``."""
         dataset: Dataset = self.dataset if self.indices is None else Subset(self.dataset, list(self.indices))
         generator = torch.Generator().manual_seed(seed)
-        workers = self.num_workers
+        workers = self.workers()
         kwargs: dict[str, Any] = {"persistent_workers": False, "prefetch_factor": 4} if workers > 0 else {}
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
                           num_workers=workers, pin_memory=pin_memory, **kwargs)

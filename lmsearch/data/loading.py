@@ -17,7 +17,7 @@ DATASETS: dict[str, tuple[str, ...]] = {
     "cifar10": (),
     "cifar100": (),
     "imagenet": ("image_size", "num_workers"),
-    "folder": ("image_size", "num_workers"),
+    "folder": ("image_size", "num_workers", "test_fraction"),
     "synthetic": ("num_train", "num_test", "shape", "num_classes"),
 }
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
@@ -31,15 +31,22 @@ def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = N
 
     Args:
         name: ``fashion-mnist`` (default), ``cifar10``, ``cifar100``, ``imagenet``,
-            ``folder`` (any ``train/<class>/`` + ``val/<class>/`` image set) or
-            ``synthetic`` (tests and benchmarks only).
+            ``folder`` (your own images, grey or colour, any size: ``root/train/<class>/``
+            + ``root/val/<class>/``, or ``root/train/<class>/`` or ``root/<class>/`` alone)
+            or ``synthetic`` (tests and benchmarks only).
         root: folder to read from; default ``$LMSEARCH_DATA``, then (Fashion-MNIST)
             ``/usr/share/datasets/fashion-mnist``.
         val_fraction: share of the training set held out, seeded, as ``val``.
         seed: seed of the validation split and of ``subset`` (``None`` = 0).
-        subset: keep this many images of the training part (after the split).
+        subset: keep this many images of the training part (after the split); more
+            than there are is a ValueError naming both numbers.
         download: CIFAR only: fetch the files when missing (needs internet).
-        options: ``imagenet`` / ``folder``: ``image_size`` (224), ``num_workers``;
+        options: ``imagenet`` / ``folder``: ``image_size`` (pixels of the square
+            images a model sees; default 224 for ImageNet, the images' median
+            shorter side for ``folder``), ``num_workers`` (DataLoader processes;
+            default: the training process's torch threads, at most 4);
+            ``folder`` without a ``val/`` folder: ``test_fraction`` (0.1) of the
+            images held out, with a fixed seed, as the test split;
             ``synthetic``: ``num_train`` (5000), ``num_test`` (1000), ``shape``
             ((3, 32, 32)), ``num_classes`` (10).
 
@@ -47,8 +54,10 @@ def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = N
     image folders as :class:`StreamSplit` (read from disk by a DataLoader).
 
     Raises:
-        DatasetNotFoundError: the files are missing or corrupt (the message says
-            what was looked for, where, and how to get it).
+        DatasetNotFoundError: the files are missing or corrupt, the folder does not
+            exist or holds no images (the message says what was looked for, where,
+            and how to get it).
+        ValueError: a bad option, e.g. a ``subset`` larger than the training images.
 
     Example:
         >>> data = load_dataset("fashion-mnist", subset=2000)  # doctest: +SKIP
@@ -86,5 +95,6 @@ def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = N
         from lmsearch.data.synthetic import make_synthetic
 
         info, full, test = make_synthetic(seed=seed, **options)
-    train, val = split_train(full, val_fraction=val_fraction, seed=seed, subset=subset)
+    where = f" in {root}" if root is not None else ""
+    train, val = split_train(full, val_fraction=val_fraction, seed=seed, subset=subset, source=f"{key}{where}")
     return DatasetSplits(info, train, val, test)

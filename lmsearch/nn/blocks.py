@@ -131,14 +131,18 @@ def projection(kind: str, in_channels: int, out_channels: int, stride: int, prea
 
     ``conv``: a strided 1x1 convolution, followed by BN in post-activation nets.
     ``pad``: :class:`PadShortcut` (no parameters).
+    ``preact_conv``: BN -> ReLU -> strided 1x1 convolution, with its own batch norm
+    (the LM-ResNet authors' projection of a pre-activation step's input).
     """
     if in_channels == out_channels and stride == 1:
         return None
     if kind == "pad":
         return PadShortcut(in_channels, out_channels, stride)
-    if kind != "conv":
-        raise ValueError(f"shortcut must be one of conv, pad; got {kind!r}")
+    if kind not in ("conv", "preact_conv"):
+        raise ValueError(f"shortcut must be one of conv, pad, preact_conv; got {kind!r}")
     conv = conv_layer(in_channels, out_channels, 1, stride)
+    if kind == "preact_conv":
+        return nn.Sequential(OrderedDict(bn=nn.BatchNorm2d(in_channels), relu=nn.ReLU(inplace=True), conv=conv))
     if preact:
         return nn.Sequential(OrderedDict(conv=conv))
     return nn.Sequential(OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels)))

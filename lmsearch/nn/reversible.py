@@ -20,8 +20,11 @@ statistics are restored after the recomputation (they are updated once, in
 forward), and when a step is stochastic (stochastic depth, shake-shake) the
 RNG state before each of its f and g calls is recorded in forward (CPU and the
 tensor's device, as ``torch.utils.checkpoint`` does) and replayed in backward,
-so the recomputation draws the same masks and alphas. Double backward is not
-supported.
+so the recomputation draws the same masks and alphas. The autocast state of
+forward (the tensor's device and the CPU, as ``torch.utils.checkpoint`` keeps
+it) is re-entered for the recomputation, so under mixed precision f and g run
+in the dtypes they ran in forward whatever the autocast state around backward.
+Double backward is not supported.
 """
 
 from __future__ import annotations
@@ -82,6 +85,28 @@ class _RngState:
             yield
 
 
+class _AutocastState:
+    """The autocast settings of the tensor's device type and of the CPU at one moment, to re-enter them."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.kwargs = {
+            device_type: {
+                "enabled": torch.is_autocast_enabled(device_type),
+                "dtype": torch.get_autocast_dtype(device_type),
+                "cache_enabled": torch.is_autocast_cache_enabled(),
+            }
+            for device_type in dict.fromkeys((x.device.type, "cpu"))
+            if torch.amp.is_autocast_available(device_type)
+        }
+
+    @contextlib.contextmanager
+    def restore(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for device_type, kwargs in self.kwargs.items():
+                stack.enter_context(torch.autocast(device_type, **kwargs))
+            yield
+
+
 @contextlib.contextmanager
 def _bn_stats_kept(module: nn.Module) -> Iterator[None]:
     """Restore every BatchNorm running statistic of ``module`` on exit (recomputation must not update them)."""
@@ -115,7 +140,7 @@ class _ReversibleSequence(torch.autograd.Function):
             else:
                 x = couple(step, x)
                 rng.append(None)
-        ctx.steps, ctx.rng = steps, rng
+        ctx.steps, ctx.rng, ctx.autocast = steps, rng, _AutocastState(x)
         ctx.save_for_backward(x)
         return x
 
@@ -131,7 +156,9 @@ class _ReversibleSequence(torch.autograd.Function):
             gy1, gy2 = grad.chunk(2, dim=1)
             replay_f, replay_g = (r.replay() for r in rng) if rng else (contextlib.nullcontext(),) * 2
             with _bn_stats_kept(step):  # BN's backward reads its running stats: restore after the grads
-                with torch.enable_grad():
+                # Only the recomputation runs in forward's autocast state; the grads below, like
+                # plain autograd's backward, run in the state around backward.
+                with torch.enable_grad(), ctx.autocast.restore():
                     z1 = y1.detach().requires_grad_()
                     with replay_g:
                         gz = step.g(z1)

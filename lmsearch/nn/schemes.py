@@ -3,8 +3,8 @@
 A step takes the state and the previous state, ``(x_n, x_{n-1})``, and returns
 ``(x_{n+1}, x_n')`` where ``x_n'`` is the (projected) input of the step, the
 "previous state" of the next step. A :class:`Stage` threads that pair through
-its steps starting from ``x_{-1} = x_0``; only LM reads it. Semantics (see
-DESIGN.md), with P the projection shortcut of a step that changes shape
+its steps starting from ``x_{-1} = x_0``; only LM reads it. Semantics (the
+contract tests/test_schemes.py checks; docs/ARCHITECTURE.md), with P the projection shortcut of a step that changes shape
 (identity otherwise), ``D`` the stochastic-depth drop of the increment
 (identity without that noise) and ``s`` the post-step ReLU of
 post-activation nets (identity for pre-activation nets):

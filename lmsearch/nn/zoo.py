@@ -4,8 +4,13 @@ Families (``*`` = 20, 32, 44, 56, 110):
 
 * ``resnet*`` / ``lm_resnet*``: He et al. 2016a CIFAR-10 nets: post-activation,
   basic blocks, option-A (``pad``) shortcuts, width 16 (0.27M ... 1.7M params);
-* ``preact_resnet*`` / ``lm_preact_resnet*``: pre-activation with 1x1 conv
-  shortcuts, the layout of the LM-ResNet authors' code;
+* ``preact_resnet*`` / ``lm_preact_resnet*``: pre-activation with bare 1x1 conv
+  shortcuts;
+* ``authors_resnet*`` / ``lm_authors_resnet*``: the LM-ResNet authors' CIFAR nets
+  (their MResNet): pre-activation, stem conv without BN, and a shape-changing
+  step's shortcut BN -> ReLU -> 1x1 conv with its own batch norm
+  (``shortcut="preact_conv"``); ``lm_authors_resnet20/56/110`` have the 272,384 /
+  855,698 / 1,730,669 parameters their forward pass uses;
 * ``resnext29_8x64d``, ``resnext29_16x64d`` (+ ``lm_``): Xie et al. 2017 CIFAR-100
   ResNeXt-29, post-activation, conv shortcuts, width 64;
 * ``resnet50``, ``resnet101`` (+ ``lm_``): ImageNet, post-activation bottlenecks,
@@ -41,6 +46,7 @@ def _presets() -> dict[str, dict[str, Any]]:
     for depth in _CIFAR_DEPTHS:
         models[f"resnet{depth}"] = {**_CIFAR, "depth": depth, "preact": False, "shortcut": "pad"}
         models[f"preact_resnet{depth}"] = {**_CIFAR, "depth": depth, "preact": True, "shortcut": "conv"}
+        models[f"authors_resnet{depth}"] = {**_CIFAR, "depth": depth, "preact": True, "shortcut": "preact_conv"}
     for cardinality in (8, 16):
         models[f"resnext29_{cardinality}x64d"] = {
             "depth": 29, "width": 64, "block": "resnext", "groups": cardinality, "group_width": 64,
@@ -84,14 +90,14 @@ def create_model(name: str | os.PathLike[str], **overrides: Any) -> nn.Module:
     """A zoo network by name, or a saved architecture from an export directory.
 
     ``name`` naming an existing directory loads it with
-    :func:`lmsearch.export.load_architecture` (weights included; overrides are
+    :func:`lmsearch.archfile.load_architecture` (weights included; overrides are
     not allowed then). Otherwise it is a zoo name and ``overrides`` are
     ArchSpec fields, e.g. ``create_model("lm_resnet56", num_classes=100)``.
     """
     if os.path.isdir(name):
         if overrides:
             raise ValueError(f"create_model({str(name)!r}): overrides cannot be applied to a saved architecture")
-        from lmsearch.export import load_architecture
+        from lmsearch.archfile import load_architecture
 
         return load_architecture(name)
     from lmsearch.nn.network import build_model

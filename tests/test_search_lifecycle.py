@@ -1,0 +1,246 @@
+"""How `lmsearch search` starts, refuses, stops and reports, run as a user runs it, on a synthetic dataset.
+
+A search that cannot start leaves nothing behind (or, resumed, its folder unchanged);
+a second search on a live folder is told it is in use; Ctrl-C exits 130 with a folder
+``--resume`` continues; the summary counts completed, pruned and failed trials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import lmsearch
+from lmsearch.lock import LOCK_NAME
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+name: {name}
+dataset: {{name: synthetic, subset: 128}}
+budget: {{epochs: {epochs}}}
+architecture: {{scheme: euler, depth: [8, 14], width: 4}}
+training: {{lr: 0.05, batch_size: 64}}
+search: {{sampler: random, num_samples: {n}, seed: 1, max_concurrent: 1}}
+resources: {{cpu: 1, max_failures: 0}}
+"""
+
+# Grid order: trial 0 is depth 8 (made to raise: FAILED), 1 is depth 14 (COMPLETE), 2 is depth 20,
+# over max_params (PRUNED, not trained).
+COUNTS = """
+name: counts
+dataset: {name: synthetic, subset: 128}
+budget: {epochs: 1}
+architecture: {scheme: euler, depth: [8, 14, 20], width: 4}
+max_params: 12000
+training: {lr: 0.05, batch_size: 64}
+search: {sampler: grid, max_concurrent: 1}
+resources: {cpu: 1, max_failures: 0}
+"""
+
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+
+
+def write_space(folder: Path, name: str = "life", *, n: int = 2, epochs: int = 1, extra: str = "") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(textwrap.dedent(SPACE.format(name=name, n=n, epochs=epochs)) + extra)
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmsearch", "search", *args, "--quiet"], capture_output=True,
+                          text=True, env=env or ENV, timeout=300)
+
+
+def start(logs: Path, *args: str) -> subprocess.Popen:
+    """A search in the background, in its own process group (so a failed test can stop all of it);
+    its output goes to files in ``logs`` (see :func:`finish`)."""
+    n = len(list(logs.glob("*.out")))
+    with open(logs / f"{n}.out", "w") as out, open(logs / f"{n}.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "lmsearch", "search", *args, "--quiet"], stdout=out,
+                                stderr=err, text=True, env=ENV, start_new_session=True)
+    proc.logs = (logs / f"{n}.out", logs / f"{n}.err")  # type: ignore[attr-defined]
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    """Wait for a search started by :func:`start`; its stdout and stderr."""
+    proc.wait(timeout=timeout)
+    return proc.logs[0].read_text(), proc.logs[1].read_text()  # type: ignore[attr-defined]
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen (search exit code {proc.poll()})")
+
+
+def status(exp: Path) -> str:
+    return json.loads((exp / "experiment.json").read_text())["status"]
+
+
+def test_one_search_per_folder_and_never_pass_resume_to_a_second_one(tmp_path: Path) -> None:
+    space, exp = write_space(tmp_path, epochs=2), tmp_path / "exp"
+    first, second = start(tmp_path, str(space), "--out", str(exp)), start(tmp_path, str(space), "--out", str(exp))
+    try:
+        # started together: one runs, the other is refused at once
+        deadline = time.time() + 120
+        while first.poll() is None and second.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        loser, winner = (first, second) if first.poll() is not None else (second, first)
+        _, err = finish(loser)
+        assert loser.returncode == 2 and "is in use by a running search" in err, err
+        # once the winner has written experiment.json: still "in use", never "pass --resume"
+        wait_for(lambda: (exp / "experiment.json").is_file() and (exp / "curves.csv").is_file(), winner,
+                 "a trial epoch")
+        lock_text = (exp / LOCK_NAME).read_text()
+        assert json.loads(lock_text)["pid"] == winner.pid
+        os.kill(winner.pid, signal.SIGSTOP)  # keep the search live, however long the late commands take
+        try:
+            late = [start(tmp_path, str(space), "--out", str(exp)),
+                    start(tmp_path, str(space), "--out", str(exp), "--resume")]
+            for proc in late:
+                _, err = finish(proc, timeout=120)
+                assert proc.returncode == 2, err
+                assert f"is in use by a running search (pid {winner.pid} on " in err
+                assert "--resume" not in err and "nothing to resume" not in err and "already holds" not in err
+            assert (exp / LOCK_NAME).read_text() == lock_text and status(exp) == "running"
+        finally:
+            os.kill(winner.pid, signal.SIGCONT)
+        out, err = finish(winner)
+    finally:
+        for proc in (first, second):
+            stop_group(proc)
+    assert winner.returncode == 0, err[-3000:]
+    assert status(exp) == "finished" and not (exp / LOCK_NAME).exists()
+    assert len(lmsearch.load_results(exp)) == 2
+
+
+def test_ctrl_c_exits_130_and_leaves_a_folder_resume_continues(tmp_path: Path) -> None:
+    space, exp = write_space(tmp_path, epochs=3), tmp_path / "exp"
+    driver = start(tmp_path, str(space), "--out", str(exp))
+    try:
+        wait_for(lambda: (exp / "curves.csv").is_file(), driver, "a trial epoch")
+        driver.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = finish(driver, timeout=120)
+    finally:
+        stop_group(driver)
+    assert driver.returncode == 130, err[-3000:]
+    assert "interrupted" in err and "--resume" in out
+    assert status(exp) == "interrupted"
+    assert not (exp / LOCK_NAME).exists()
+
+    proc = cli(str(space), "--out", str(exp), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert status(exp) == "finished"
+    done = lmsearch.load_results(exp)
+    assert len(done) == 2 and (done.state == "COMPLETE").all()
+
+
+@pytest.mark.parametrize("out_exists", [False, True])
+def test_data_error_is_refused_before_ray_and_leaves_nothing(tmp_path: Path, out_exists: bool) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    exp = tmp_path / "exp"
+    if out_exists:
+        exp.mkdir()
+    for data_dir in (tmp_path / "missing", empty):  # no such folder; a folder without the data
+        space = tmp_path / "bad.yaml"
+        space.write_text(f"architecture: {{scheme: euler, depth: 8, width: 4}}\n"
+                         f"dataset: {{name: fashion-mnist, data_dir: {data_dir}}}\n")
+        proc = cli(str(space), "--out", str(exp))
+        assert proc.returncode == 2
+        assert f"error: {space}: dataset" in proc.stderr and str(data_dir) in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "Ray" not in proc.stderr
+        if out_exists:
+            assert list(exp.iterdir()) == []  # the user's folder is kept, and left empty
+        else:
+            assert not exp.exists()
+
+
+def test_unreachable_address_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("not-a-real-token\n")
+    token.chmod(0o600)
+    env = {k: v for k, v in ENV.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["RAY_AUTH_TOKEN_PATH"] = str(token)  # joining a cluster needs a token; this one is never sent
+    space, exp = write_space(tmp_path), tmp_path / "exp"
+    proc = cli(str(space), "--out", str(exp), "--address", "127.0.0.2:1", env=env)  # nobody listens on port 1
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "cannot reach the Ray cluster at --address 127.0.0.2:1: Connection refused" in proc.stderr
+    assert not exp.exists()
+
+
+@pytest.mark.parametrize(("resource", "value", "key"), [("gpu", 1, "GPU"), ("cpu", 64, "CPU")])
+def test_unschedulable_trial_resources_are_refused(tmp_path: Path, resource: str, value: int, key: str) -> None:
+    space = write_space(tmp_path)
+    resources = {"cpu": 1, "max_failures": 0, resource: value}
+    space.write_text(space.read_text().replace("resources: {cpu: 1, max_failures: 0}", f"resources: {resources}"))
+    exp = tmp_path / "exp"
+    proc = cli(str(space), "--out", str(exp))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (f"{space}: resources.{resource}: {value} per trial, but no node of the Ray cluster has {value} {key} "
+            f"(the largest has ") in proc.stderr
+    assert not exp.exists()
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("counts")
+    space = tmp / "counts.yaml"
+    space.write_text(textwrap.dedent(COUNTS))
+    proc = cli(str(space), "--out", str(tmp / "exp"), env={**ENV, "LMSEARCH_FAULTS": "raise@0:1"})
+    return tmp / "exp", proc
+
+
+def test_summary_counts_completed_pruned_and_failed(counted: tuple[Path, subprocess.CompletedProcess]) -> None:
+    exp, proc = counted
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    states = lmsearch.load_results(exp).set_index("number").state
+    assert dict(states) == {0: "FAILED", 1: "COMPLETE", 2: "PRUNED"}
+    assert "3 trials: 1 completed, 1 pruned, 1 failed" in proc.stdout
+    assert "Pareto front (1 architectures)" in proc.stdout
+
+
+def test_summary_without_a_completed_trial_names_the_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    from lmsearch.search import _print_front
+
+    table = pd.DataFrame({"number": [0, 1], "state": ["FAILED", "FAILED"],
+                          "error": ["diverged at epoch 1 (non-finite loss)", "diverged at epoch 2 (non-finite loss)"]})
+    _print_front(pd.DataFrame(), Path("exp"), "finished", table)
+    out = capsys.readouterr().out
+    assert "2 trials: 0 completed, 0 pruned, 2 failed" in out
+    assert "no trial completed; the first failure (trial 0): diverged at epoch 1 (non-finite loss)" in out
+
+
+def test_corrupt_study_on_resume_is_a_clear_error_and_changes_nothing(
+        counted: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    shutil.copytree(counted[0], exp)
+    (exp / "study.db").write_bytes(b"this is not a database" * 100)
+    before = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()}
+    proc = cli(str(exp / "space.yaml"), "--out", str(exp), "--resume")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"{exp / 'study.db'} is corrupt or not an Optuna study (file is not a database)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    after = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()}
+    assert after == before and status(exp) == "finished"
