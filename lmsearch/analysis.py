@@ -141,9 +141,10 @@ def experiment_lm_coefficients(exp_dir: Any, states: tuple[str, ...] = (COMPLETE
     without weights on disk (e.g. a committed experiment without its ``ray/``)
     are left out and listed in ``df.attrs["missing"]``.
 
-    Example:
-        >>> k = experiment_lm_coefficients("results/compression-fashion-mnist/cpu")  # doctest: +SKIP
-        >>> k.groupby(["depth", "stage"]).k.mean()                                  # doctest: +SKIP
+    Example (a committed experiment has no weights, only its tables):
+        >>> k = experiment_lm_coefficients("results/compression-fashion-mnist/cpu")
+        >>> len(k), len(k.attrs["missing"])
+        (0, 9)
     """
     from lmsearch.archfile import load_architecture
     from lmsearch.export import find_trial_weights

@@ -19,11 +19,12 @@ network: a spec that does not fit its weights, however large it claims to be,
 is refused with an :class:`ArchitectureFileError` naming the file and tensor.
 
 Example:
-    >>> spec = lmsearch.ArchSpec(scheme="lm", depth=20, width=8, in_channels=1)   # doctest: +SKIP
-    >>> model = lmsearch.build_model(spec)                                       # doctest: +SKIP
-    >>> lmsearch.save_architecture(model, spec, "out/lm20")                      # doctest: +SKIP
-    >>> again = lmsearch.load_architecture("out/lm20")                           # doctest: +SKIP
-    >>> again.spec == spec                                                       # doctest: +SKIP
+    >>> import tempfile, lmsearch
+    >>> spec = lmsearch.ArchSpec(scheme="lm", depth=20, width=8, in_channels=1)
+    >>> model = lmsearch.build_model(spec)
+    >>> out = lmsearch.save_architecture(model, spec, tempfile.mkdtemp() + "/lm20")
+    >>> again = lmsearch.load_architecture(out)
+    >>> again.spec == spec
     True
 """
 

@@ -30,7 +30,7 @@ status is ``running``. A study made before intermediate values were recorded
 
 Example:
     >>> from lmsearch.consistency import check_experiment
-    >>> check_experiment("results/fashion_quick_reference")  # doctest: +SKIP
+    >>> check_experiment("results/fashion_quick_reference")
     []
 """
 

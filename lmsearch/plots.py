@@ -4,9 +4,13 @@ Matplotlib with the non-interactive Agg backend (works on headless machines);
 every function writes one PNG and returns its path.
 
 Example:
-    >>> df = lmsearch.load_results("results/demo")                # doctest: +SKIP
-    >>> plot_pareto(df, "front.png")                              # doctest: +SKIP
-    >>> plot_hypervolume(df, "hv.png", ref={"val_acc": 0, "params": 5e6})  # doctest: +SKIP
+    >>> import tempfile, lmsearch
+    >>> df = lmsearch.load_results("results/fashion_quick_reference")
+    >>> out = tempfile.mkdtemp()
+    >>> plot_pareto(df, f"{out}/front.png").name
+    'front.png'
+    >>> plot_hypervolume(df, f"{out}/hv.png", ref={"val_acc": 0, "params": 5e6}).name
+    'hv.png'
 """
 
 from __future__ import annotations

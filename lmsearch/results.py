@@ -520,8 +520,11 @@ def load_results(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
     maps each experiment name to its experiment.json.
 
     Example:
-        >>> df = lmsearch.load_results(["results/a", "results/b"])  # doctest: +SKIP
-        >>> df.groupby("experiment").val_acc.max()                   # doctest: +SKIP
+        >>> import lmsearch
+        >>> df = lmsearch.load_results(["results/compression-fashion-mnist/cpu",
+        ...                              "results/compression-fashion-mnist/cpu-sd"])
+        >>> df.groupby("experiment").size().to_dict()
+        {'compression-fashion-mnist-cpu': 18, 'compression-fashion-mnist-cpu-sd': 9}
     """
     df = _load_many(path_or_paths, TRIALS_FILE, TRIAL_DTYPES, dedupe=True, sort_by=["number"])
     df.attrs["experiments"] = {

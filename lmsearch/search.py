@@ -4,10 +4,17 @@
                -> Ray Tune Tuner (train_trial per configuration, data in the object store)
                -> TrialRecorder -> results/<name>/{trials,curves,pareto}.csv
 
-Example:
+Example (one trial of the main job's space, in a temporary folder):
+    >>> import tempfile, lmsearch
     >>> from lmsearch.search import run_search
-    >>> exp_dir = run_search("search_spaces/fashion_quick.yaml")  # doctest: +SKIP
-    >>> import lmsearch; lmsearch.pareto_front(lmsearch.load_results(exp_dir))  # doctest: +SKIP
+    >>> out = tempfile.mkdtemp() + "/quick"
+    >>> exp_dir = run_search("search_spaces/fashion_quick.yaml", out=out, num_samples=1, verbose=0)  # doctest: +ELLIPSIS
+    <BLANKLINE>
+    1 trial: 1 completed, 0 pruned, 0 failed
+    ...
+    >>> df = lmsearch.load_results(exp_dir)
+    >>> len(df), list(df.state)
+    (1, ['COMPLETE'])
 """
 
 from __future__ import annotations

@@ -550,7 +550,7 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
         FileNotFoundError: the file does not exist.
 
     Example:
-        >>> space = load_space("search_spaces/fashion_quick.yaml")  # doctest: +SKIP
+        >>> space = load_space("search_spaces/fashion_quick.yaml")
         >>> space.metric_names
         ['val_acc', 'params']
     """

@@ -4,7 +4,10 @@ Every epoch is reported with a checkpoint of the whole training state, so a
 trial whose worker dies, or whose search is resumed, continues from its last
 finished epoch and ends with the same numbers as an uninterrupted run. The
 last report of a completed trial carries its test accuracy and a checkpoint
-with the exported model (arch.json + model.safetensors).
+with the exported model (arch.json + model.safetensors). When the experiment
+folder is reachable from the worker, the epoch state also goes to its
+``checkpoints/`` (:mod:`lmsearch.trial_checkpoints`) and a completed trial's
+export to its ``weights/<trial_id>/``, so both outlive Ray's ``ray/`` folder.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import socket
 import tempfile
 import time
@@ -30,6 +35,7 @@ from lmsearch.trial_checkpoints import checkpoint_path, load_checkpoint, save_ch
 __all__ = ["make_trainable", "train_trial", "TRAINER_STATE", "train_config"]
 
 TRAINER_STATE = "trainer.pt"
+WEIGHTS_DIR = "weights"  # exp_dir/weights/<trial_id>/: a completed trial's export (lmsearch.export finds it there)
 FINAL_METRICS = "final.json"  # in the last checkpoint of a trial that has ended
 
 
@@ -80,6 +86,7 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any, exp_di
     model = build_model(spec)
     trainer = Trainer(model, data, train_config(space, config["train"], _device(space)))
     folder_checkpoint = _folder_checkpoint(exp_dir, config, space.epochs)
+    folder_weights = _folder_weights(exp_dir, tune.get_context().get_trial_id())
     resumed = False
     for state_dir in _checkpoint_dirs(tune.get_checkpoint()):
         final = state_dir / FINAL_METRICS
@@ -124,6 +131,8 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any, exp_di
                                    "dataset": space.dataset, "seed": config["train"]["seed"],
                                    "epochs": space.epochs, "train": config["train"]},
                 })
+                if folder_weights is not None:
+                    _keep_weights(Path(d), folder_weights)
             if diverged or last:
                 (Path(d) / FINAL_METRICS).write_text(json.dumps(metrics))
             log_trained_epoch(config["number"], epoch_metrics["epoch"])
@@ -137,6 +146,26 @@ def _folder_checkpoint(exp_dir: str | None, config: dict[str, Any], epochs: int)
     if exp_dir is None or not Path(exp_dir).is_dir():
         return None
     return checkpoint_path(exp_dir, config, epochs)
+
+
+def _folder_weights(exp_dir: str | None, trial_id: str | None) -> Path | None:
+    """Where a completed trial's final weights stay: ``exp_dir/weights/<trial_id>/`` (None: folder not reachable)."""
+    if exp_dir is None or trial_id is None or not Path(exp_dir).is_dir():
+        return None
+    return Path(exp_dir) / WEIGHTS_DIR / str(trial_id)
+
+
+def _keep_weights(export_dir: Path, dest: Path) -> None:
+    """Copy an export (arch.json + model.safetensors) to ``dest``, replacing it whole (a reader never sees half)."""
+    from lmsearch.archfile import ARCH_FILE, WEIGHTS_FILE
+
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in (ARCH_FILE, WEIGHTS_FILE):
+        shutil.copy2(export_dir / name, tmp / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
 
 
 def _checkpoint_dirs(restored: Any) -> list[Path]:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import lmsearch
+from lmsearch.export import find_trial_weights
 from lmsearch.trial_checkpoints import CHECKPOINT_DIR, checkpoint_key, load_checkpoint, save_checkpoint
 
 pytestmark = [pytest.mark.slow]
@@ -114,6 +115,12 @@ def test_killed_trial_continues_from_its_folder_checkpoint_without_ray_state(tmp
     done = df[df.state == "COMPLETE"]
     assert len(done) == 1 and int(done.epochs_run.iloc[0]) == 6
     assert not list((exp / CHECKPOINT_DIR).glob("*.pt"))  # an ended trial's checkpoint is gone
+    # its final weights stay in the folder, without Ray's state: learned k_n of a committed experiment
+    shutil.rmtree(exp / "ray")
+    trial_id = done.trial_id.iloc[0]
+    assert find_trial_weights(exp, trial_id) == exp / "weights" / trial_id
+    k = lmsearch.experiment_lm_coefficients(exp)
+    assert len(k) == 3 and list(k.trial_id.unique()) == [trial_id] and not k.attrs["missing"]  # 1 LM step x 3 stages
 
     # and it ends exactly where an uninterrupted run of the same configuration ends
     clean_space = tmp_path / "clean.yaml"

@@ -60,8 +60,8 @@ def load_dataset(name: str = "fashion-mnist", root: str | os.PathLike | None = N
         ValueError: a bad option, e.g. a ``subset`` larger than the training images.
 
     Example:
-        >>> data = load_dataset("fashion-mnist", subset=2000)  # doctest: +SKIP
-        >>> len(data.train), len(data.val), data.info.shape      # doctest: +SKIP
+        >>> data = load_dataset("fashion-mnist", subset=2000)
+        >>> len(data.train), len(data.val), data.info.shape
         (2000, 6000, (1, 28, 28))
     """
     key = _ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
