@@ -376,9 +376,11 @@ def interpolated_compression(
     * ``compression`` = 1 - params / matched_params (0.5: half the parameters);
     * ``ci_low``, ``ci_high``: the ``confidence`` percentile interval of the compression
       over ``n_boot`` bootstrap resamples of the seeds of every net (baseline and
-      compressed, each with replacement), the matching redone in each resample
-      (a resample beyond the curve counts at its bound); ``beyond_curve``: the share
-      of resamples that fell beyond it.
+      compressed, each with replacement), the matching redone in each resample;
+      ``beyond_curve``: the share
+      of resamples that fell beyond it. A resample above the curve counts with its
+      lower bound; one below it as -inf (nothing bounds it from below), so a net
+      less accurate than the smallest baseline never supports a compression claim.
 
     Example:
         >>> df = pd.DataFrame({"scheme": ["euler"] * 4 + ["lm"] * 2, "depth": [20, 20, 56, 56, 20, 20],
@@ -419,7 +421,9 @@ def interpolated_compression(
             beyond = 0
             for b in range(n_boot):
                 m, bnd = matched_params(boot_acc[b], base_params, boot_base[b])
-                boot[b] = 1.0 - p / m
+                # above the curve, the largest ResNet's params give a lower bound of the compression: kept,
+                # conservative; below it nothing bounds it from below: -inf, so it never counts for the claim
+                boot[b] = -np.inf if bnd == "<=" else 1.0 - p / m
                 beyond += bnd != ""
             tail = (1.0 - confidence) / 2
             rows.append({
@@ -427,7 +431,9 @@ def interpolated_compression(
                 "n": len(values), "acc_mean": acc,
                 "acc_sem": float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else np.nan,
                 "matched_params": matched, "bound": bound, "compression": 1.0 - p / matched,
-                "ci_low": float(np.quantile(boot, tail)), "ci_high": float(np.quantile(boot, 1.0 - tail)),
+                # order statistics, no interpolation (which an -inf resample would turn into NaN)
+                "ci_low": float(np.quantile(boot, tail, method="inverted_cdf")),
+                "ci_high": float(np.quantile(boot, 1.0 - tail, method="inverted_cdf")),
                 "beyond_curve": beyond / n_boot,
             })
     return pd.DataFrame(rows, columns=columns)

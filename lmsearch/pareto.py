@@ -485,6 +485,8 @@ def aggregate_seeds(df: pd.DataFrame, states: Sequence[str] | None = (COMPLETE,)
     out = []
     for positions in groups.values():
         group = rows.iloc[sorted(positions)]
+        if "seed" in group.columns:  # the same seed twice is one run (training is deterministic), not two replicates
+            group = group[~(group["seed"].notna() & group["seed"].duplicated(keep="last")).to_numpy(dtype=bool)]
         first = group.iloc[0].to_dict()
         first["n"] = len(group)
         if "trial_id" in group.columns:

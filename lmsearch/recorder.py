@@ -89,9 +89,12 @@ class TrialRecorder(Callback):
 
     def _read_folder(self) -> None:
         """What the folder already records: the epochs in curves.csv, the trials that ended in trials.csv."""
-        # trials whose end Ray reported, in this run or (as a finished row of trials.csv) an earlier one
-        self._ended = {row["trial_id"] for row in results.read_trial_rows(self.exp_dir)
+        # trials whose end an earlier run recorded: their rows are final and are written back as they are
+        # (a restored Ray trial no longer knows, e.g., its error text)
+        self._final = {row["trial_id"]: row for row in results.read_trial_rows(self.exp_dir)
                        if row["state"] in FINISHED}
+        # trials whose end Ray reported, in this run or an earlier one
+        self._ended = set(self._final)
         # a resumed search keeps the epochs already recorded, read by results' one reader of the format
         self._curves: dict[tuple[str, int], dict[str, Any]] = {
             (row["trial_id"], row["epoch"]): row for row in results.read_curve_rows(self.exp_dir)}
@@ -99,7 +102,7 @@ class TrialRecorder(Callback):
     # Tuner.restore unpickles this callback from the state saved when the search started; what
     # happened since is in the folder, so it is read again rather than taken from the pickle.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_ended", "_curves")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_ended", "_final", "_curves")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -136,7 +139,8 @@ class TrialRecorder(Callback):
         """``latest``: (trial id, the result Ray is reporting and has not stored in the trial yet)."""
         ended_id, how = ending or (None, None)
         new_id, new = latest or (None, None)
-        rows = [ray_trial_row(t, self.space, how if t.trial_id == ended_id else None, t.trial_id in self._ended,
+        rows = [self._final[t.trial_id] if t.trial_id in self._final and t.trial_id != ended_id else
+                ray_trial_row(t, self.space, how if t.trial_id == ended_id else None, t.trial_id in self._ended,
                               new if t.trial_id == new_id else None)
                 for t in trials if "spec" in t.config]
         results.write_trials_table(self.exp_dir, self._earlier + rows)

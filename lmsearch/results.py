@@ -277,7 +277,13 @@ def read_trial_rows(exp_dir: PathLike) -> list[dict[str, str]]:
     Cells are kept as text (an empty cell is ``""``), so rows can be edited and
     written back with :func:`write_trials_table` without changing any value.
     """
-    raw = _read_csv(Path(exp_dir) / TRIALS_FILE)
+    path = Path(exp_dir) / TRIALS_FILE
+    raw = _read_csv(path)
+    if len(raw.columns):
+        try:  # the same checks as load_results: a row that cannot be read back is refused, not carried on
+            _check_states(_convert(raw, TRIAL_DTYPES, str(path)), str(path))
+        except ValueError as exc:
+            raise ExperimentFolderError(str(exc)) from None
     return [{k: ("" if v is None else v) for k, v in row.items()} for row in raw.to_dict(orient="records")]
 
 
@@ -291,7 +297,10 @@ def read_curve_rows(exp_dir: PathLike) -> list[dict[str, Any]]:
     raw = _read_csv(path)
     if not len(raw.columns):
         return []
-    table = _convert(raw, CURVE_DTYPES, str(path)).astype(object)
+    try:
+        table = _convert(raw, CURVE_DTYPES, str(path)).astype(object)
+    except ValueError as exc:
+        raise ExperimentFolderError(str(exc)) from None
     return table.where(table.notna(), None).to_dict(orient="records")
 
 

@@ -158,7 +158,9 @@ def run_search(
             unfinished ones continue from their last epoch checkpoint. Without Ray's
             state (``out/ray``, e.g. in a fresh clone of a committed experiment) the
             search continues from its Optuna study instead: unfinished trials are
-            marked FAILED and their configurations run again from epoch 0.
+            marked FAILED and their configurations run again, from their epoch
+            checkpoint in ``out/checkpoints/`` when there is one (else from epoch 0).
+            A FAILED trial is final: it is not run again.
 
     Raises:
         SearchError: the search cannot start (folder, data, cluster, resources); a new
@@ -336,7 +338,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
         )
         if resume and not from_study:
             tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+                                       resume_errored=False)
         elif to_run == 0:
             tuner = None
         else:

@@ -161,7 +161,10 @@ class _DefineByRun:
 
         sampled = self.space.suggest(trial)
         spec = self.space.arch_spec(sampled["arch"], in_channels=self.in_channels, num_classes=self.num_classes)
-        return {**sampled, "spec": spec.to_dict(), "params": count_params(spec), "number": trial.number}
+        # run: the trial number of the training run this trial is (a configuration queued again after an
+        # interruption continues the run of the trial it replaces; lmsearch.trial_checkpoints names files by it)
+        run = trial.user_attrs.get(REQUEUED_ATTR, trial.number)
+        return {**sampled, "spec": spec.to_dict(), "params": count_params(spec), "number": trial.number, "run": run}
 
 
 class StudySearcher(Searcher):
@@ -169,7 +172,9 @@ class StudySearcher(Searcher):
 
     Each configuration carries, besides the sampled Optuna parameters, ``arch``
     and ``train`` (what the trial function builds), ``spec``, ``params``
-    (counted before training) and ``number`` (the Optuna trial number).
+    (counted before training), ``number`` (the Optuna trial number) and ``run`` (the
+    number of the trial whose training run it is: its own, or for a configuration
+    queued again after an interruption, the interrupted trial's).
     Architectures get the loaded dataset's ``in_channels`` and ``num_classes``.
     ``fresh`` enqueues a grid space's points; a resumed search finds them in the study.
 
@@ -268,7 +273,9 @@ class StudySearcher(Searcher):
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number in known:
                 continue
-            self.study.enqueue_trial(t.params, user_attrs={REQUEUED_ATTR: t.number}, skip_if_exists=False)
+            # the run it continues: the first trial of the chain (its epoch checkpoint is named after it)
+            origin = t.user_attrs.get(REQUEUED_ATTR, t.number)
+            self.study.enqueue_trial(t.params, user_attrs={REQUEUED_ATTR: origin}, skip_if_exists=False)
             self.record.set_user_attr(t.number, ORPHANED_ATTR, "the search driver died before Ray recorded this "
                                                                "trial; its configuration was queued again")
             self.study.tell(t.number, state=TrialState.FAIL)

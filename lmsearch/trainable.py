@@ -82,28 +82,46 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any, exp_di
                      "message": f"{config['params']} parameters > max_params {space.max_params}; not trained"})
         return
     fixed["flops"] = count_flops(spec, input_size=tuple(data.info.shape))
-    torch.manual_seed(config["train"]["seed"])  # the initial weights are part of the trial's seed
-    model = build_model(spec)
-    trainer = Trainer(model, data, train_config(space, config["train"], _device(space)))
+
+    def new_trainer() -> Trainer:
+        torch.manual_seed(config["train"]["seed"])  # the initial weights are part of the trial's seed
+        return Trainer(build_model(spec), data, train_config(space, config["train"], _device(space)))
+
+    def resumed_from(state: dict[str, Any] | None) -> Trainer | None:
+        """A trainer continuing ``state``, or None when the state does not fit (then the trial starts over)."""
+        if state is None:
+            return None
+        fresh = new_trainer()
+        try:
+            fresh.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError):
+            return None
+        return fresh
+
     folder_checkpoint = _folder_checkpoint(exp_dir, config, space.epochs)
     folder_weights = _folder_weights(exp_dir, tune.get_context().get_trial_id())
-    resumed = False
+    trainer: Trainer | None = None
     for state_dir in _checkpoint_dirs(tune.get_checkpoint()):
         final = state_dir / FINAL_METRICS
         if final.is_file():
             # Finished before the search was interrupted: report the same result again, train nothing.
             tune.report(json.loads(final.read_text()), checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
             return
-        try:
-            trainer.load_state_dict(torch.load(state_dir / TRAINER_STATE, weights_only=True))
-            resumed = True
+        # a checkpoint cut short by a killed worker does not load: use the one before
+        trainer = resumed_from(load_checkpoint(state_dir / TRAINER_STATE))
+        if trainer is not None:
             break
-        except (OSError, RuntimeError, EOFError, KeyError):
-            continue  # a checkpoint cut short by a killed worker: use the one before
-    if not resumed and folder_checkpoint is not None:
-        state = load_checkpoint(folder_checkpoint)
-        if state is not None:
-            trainer.load_state_dict(state)
+    if trainer is None and folder_checkpoint is not None:
+        trainer = resumed_from(load_checkpoint(folder_checkpoint, legacy=_legacy_folder_checkpoint(
+            exp_dir, config, space.epochs)))
+        if trainer is not None:
+            # This trial continues an interrupted one (a search resumed from its study): its earlier epochs
+            # are reported again, untrained, so its curve, the study and the pruner see every epoch.
+            for past in trainer.history:
+                tune.report({**fixed, **past, "status": "running",
+                             "wall_time_s": sum(h["seconds"] for h in trainer.history[:past["epoch"]])})
+    trainer = trainer or new_trainer()
+    model = trainer.model
 
     def report(epoch_metrics: dict[str, Any]) -> None:
         maybe_inject_fault(config["number"], epoch_metrics["epoch"])
@@ -116,8 +134,6 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any, exp_di
         with tempfile.TemporaryDirectory() as d:
             state = trainer.state_dict()
             torch.save(state, Path(d) / TRAINER_STATE)
-            if folder_checkpoint is not None and not (last or diverged):
-                save_checkpoint(folder_checkpoint, state)
             if diverged:
                 metrics.update(status=STATUS_DIVERGED, message=problem or f"diverged at epoch "
                                                                            f"{epoch_metrics['epoch']} (non-finite loss)")
@@ -137,6 +153,9 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, data: Any, exp_di
                 (Path(d) / FINAL_METRICS).write_text(json.dumps(metrics))
             log_trained_epoch(config["number"], epoch_metrics["epoch"])
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            # after the report, so the folder's checkpoint is never ahead of what the tables record
+            if folder_checkpoint is not None and not (last or diverged):
+                save_checkpoint(folder_checkpoint, state)
 
     trainer.fit(callback=report)
 
@@ -146,6 +165,13 @@ def _folder_checkpoint(exp_dir: str | None, config: dict[str, Any], epochs: int)
     if exp_dir is None or not Path(exp_dir).is_dir():
         return None
     return checkpoint_path(exp_dir, config, epochs)
+
+
+def _legacy_folder_checkpoint(exp_dir: str | None, config: dict[str, Any], epochs: int) -> Path | None:
+    """Where a checkpoint written before runs were part of the key lies (results/compression-paper-w8 has one)."""
+    if exp_dir is None:
+        return None
+    return checkpoint_path(exp_dir, {k: v for k, v in config.items() if k != "run"}, epochs, legacy=True)
 
 
 def _folder_weights(exp_dir: str | None, trial_id: str | None) -> Path | None:

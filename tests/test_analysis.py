@@ -205,3 +205,12 @@ def test_compression_verdict_follows_the_intervals() -> None:
     assert verdict([0.45, -0.1], [0.7, 0.2]) == "partial"
     assert verdict([0.0, -0.3], [0.4, 0.2]) == "no compression"
     assert compression_verdict(pd.DataFrame({"ci_low": [], "ci_high": []})) == "undecided"
+
+
+def test_a_net_below_the_resnet_curve_never_reproduces_the_claim() -> None:
+    # fewer parameters but less accurate than the smallest ResNet: not compression, whatever the ratio
+    base = {20: (270, [0.92, 0.921, 0.919]), 56: (850, [0.93, 0.931, 0.929])}
+    below = interpolated_compression(_grid([0.85, 0.851, 0.849], base, lm_params=80), n_boot=500)
+    row = below.iloc[0]
+    assert row.bound == "<=" and row.ci_low == -np.inf and row.beyond_curve == 1.0
+    assert compression_verdict(below) == "no compression"

@@ -92,7 +92,8 @@ def test_killed_trial_continues_from_its_folder_checkpoint_without_ray_state(tmp
     deadline = time.time() + 300
     try:
         while time.time() < deadline and driver.poll() is None:
-            if any(e >= 2 for _, e in _epochs(log)) and list((exp / CHECKPOINT_DIR).glob("*.pt")):
+            saved = [load_checkpoint(p) for p in (exp / CHECKPOINT_DIR).glob("*.pt")]
+            if any(s is not None and s["epoch"] >= 2 for s in saved):
                 break
             time.sleep(0.2)
     finally:
@@ -114,6 +115,11 @@ def test_killed_trial_continues_from_its_folder_checkpoint_without_ray_state(tmp
     df = lmsearch.load_results(exp)
     done = df[df.state == "COMPLETE"]
     assert len(done) == 1 and int(done.epochs_run.iloc[0]) == 6
+    # the continued trial reports its earlier epochs again (untrained): its curve is whole, in the table and
+    # in the study, which agree with each other
+    curve = lmsearch.load_curves(exp).query("trial_id == @done.trial_id.iloc[0]")
+    assert curve.epoch.tolist() == [1, 2, 3, 4, 5, 6]
+    assert lmsearch.check_experiment(exp) == []
     assert not list((exp / CHECKPOINT_DIR).glob("*.pt"))  # an ended trial's checkpoint is gone
     # its final weights stay in the folder, without Ray's state: learned k_n of a committed experiment
     shutil.rmtree(exp / "ray")
@@ -134,8 +140,10 @@ def test_killed_trial_continues_from_its_folder_checkpoint_without_ray_state(tmp
 
 def test_checkpoint_key_names_the_run_not_the_trial(tmp_path: Path) -> None:
     config = {"spec": {"scheme": "lm", "depth": 20}, "train": {"seed": 1, "lr": 0.1}, "number": 3, "params": 9}
-    same = {**config, "number": 11}  # the same configuration queued again under a new trial number
+    same = {**config, "number": 11, "run": 3}  # the same run queued again under a new trial number
     assert checkpoint_key(config, 30) == checkpoint_key(same, 30)
+    # another trial that happens to sample the same configuration is another run: its own file
+    assert checkpoint_key(config, 30) != checkpoint_key({**config, "number": 12}, 30)
     assert checkpoint_key(config, 30) != checkpoint_key(config, 60)
     assert checkpoint_key(config, 30) != checkpoint_key({**config, "train": {"seed": 2, "lr": 0.1}}, 30)
     path = tmp_path / CHECKPOINT_DIR / "x.pt"

@@ -195,3 +195,14 @@ def test_aggregate_seeds_groups_replicates_only() -> None:
     assert agg.val_acc_sem.iloc[0] == pytest.approx(0.05) and np.isnan(agg.val_acc_sem.iloc[1])
     assert "seed" not in agg.columns
     assert pareto_front(agg).trial_id.tolist() == ["e", "a+b"]
+
+
+def test_aggregate_seeds_counts_a_repeated_seed_once() -> None:
+    from lmsearch.pareto import aggregate_seeds, repeats_seeds
+
+    df = pd.DataFrame({"trial_id": ["a", "b"], "state": "COMPLETE", "arch_json": ['{"depth": 20}'] * 2,
+                       "train_json": ['{"seed": 1}'] * 2, "seed": [1, 1], "params": [10, 10], "val_acc": [0.8, 0.8]})
+    agg = aggregate_seeds(df)
+    assert agg.n.tolist() == [1] and agg.seeds.tolist() == [[1]] and np.isnan(agg.val_acc_sem.iloc[0])
+    assert agg.trial_id.tolist() == ["b"]
+    assert not repeats_seeds(df.assign(seed=[1, 2], train_json=['{"seed": 1}', '{"seed": 2}']).iloc[:1])
