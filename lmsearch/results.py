@@ -109,6 +109,23 @@ EXPERIMENT_FILE = "experiment.json"
 TRIALS_FILE = "trials.csv"
 CURVES_FILE = "curves.csv"
 PARETO_FILE = "pareto.csv"
+STUDY_FILE = "study.db"
+SPACE_FILE = "space.yaml"
+#: The files a search keeps in an experiment folder (what no other output may overwrite).
+EXPERIMENT_FILES = (EXPERIMENT_FILE, TRIALS_FILE, CURVES_FILE, PARETO_FILE, STUDY_FILE, SPACE_FILE)
+
+
+def check_output_file(path: PathLike, what: str) -> Path:
+    """``path`` as a file a command may write: not empty, not a directory, not an experiment folder's own file."""
+    if not str(path).strip():
+        raise ExperimentFolderError(f"{what}: an empty path; give a file name")
+    target = Path(path)
+    if target.is_dir():
+        raise ExperimentFolderError(f"{what}: {target} is a directory; give a file name inside it")
+    if target.name in EXPERIMENT_FILES and (target.parent / EXPERIMENT_FILE).is_file():
+        raise ExperimentFolderError(f"{what}: {target} is a file of the experiment in {target.parent}; "
+                                    f"write somewhere else")
+    return target
 
 _STR = "string"
 _INT = "Int64"
@@ -475,7 +492,7 @@ def _empty(dtypes: Mapping[str, str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in dtypes.items()})
 
 
-def _load_one(exp: Path, file_name: str, dtypes: Mapping[str, str], dedupe: bool) -> pd.DataFrame:
+def _load_one(exp: Path, file_name: str, dtypes: Mapping[str, str], unique: bool) -> pd.DataFrame:
     meta = read_experiment(exp)
     name = str(meta.get("name") or exp.name)
     raw = _read_csv(exp / file_name)
@@ -485,16 +502,19 @@ def _load_one(exp: Path, file_name: str, dtypes: Mapping[str, str], dedupe: bool
         _check_states(table, where)
     except ValueError as exc:
         raise ExperimentFolderError(str(exc)) from None
-    if dedupe and len(table):
-        # A resumed search rewrites a trial's row; the last row of a trial id wins.
-        keep = table["trial_id"].isna() | ~table["trial_id"].duplicated(keep="last")
-        table = table[keep.to_numpy(dtype=bool)]
+    if unique and len(table):
+        # the writers give every trial one row: a repeated id is a hand-edited or garbled table
+        repeated = table["trial_id"].notna() & table["trial_id"].duplicated(keep=False)
+        if repeated.any():
+            lines = [int(i) + 2 for i in table.index[repeated.to_numpy(dtype=bool)]]
+            raise ExperimentFolderError(f"{where}: trial_id {table['trial_id'][repeated].iloc[0]!r} appears on more "
+                                        f"than one line (lines {lines[:5]}); every trial has one row")
     table.insert(0, "experiment", pd.Series([name] * len(table), index=table.index, dtype=_STR))
     return table
 
 
 def _load_many(path_or_paths: PathLike | Iterable[PathLike], file_name: str, dtypes: Mapping[str, str],
-               dedupe: bool, sort_by: list[str]) -> pd.DataFrame:
+               unique: bool, sort_by: list[str]) -> pd.DataFrame:
     paths = _as_paths(path_or_paths)
     names = [str(read_experiment(p).get("name") or p.name) for p in paths]
     if len(set(names)) < len(names):
@@ -502,7 +522,7 @@ def _load_many(path_or_paths: PathLike | Iterable[PathLike], file_name: str, dty
             f"experiment folders {[str(p) for p in paths]} carry the names {names}; "
             "each experiment may be given once and names must differ (see experiment.json)"
         )
-    tables = [_load_one(p, file_name, dtypes, dedupe) for p in paths]
+    tables = [_load_one(p, file_name, dtypes, unique) for p in paths]
     df = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0].reset_index(drop=True)
     order = pd.Categorical(df["experiment"], categories=list(dict.fromkeys(df["experiment"])))
     df = (df.assign(_order=order.codes).sort_values(["_order", *sort_by], kind="stable", na_position="last")
@@ -522,8 +542,9 @@ def load_results(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
     trial number; the index is a fresh RangeIndex.
 
     Works while a search runs or after it was interrupted (RUNNING rows are
-    kept as written; pareto.csv is not needed) and after a resume (when a
-    trial id appears twice its last row wins). A folder with experiment.json
+    kept as written; pareto.csv is not needed) and after a resume. A trial id
+    on two rows is refused (:class:`ExperimentFolderError`): the writers give
+    every trial one row. A folder with experiment.json
     but no trials.csv yet gives zero rows. A path that is not an experiment
     folder raises :class:`ExperimentFolderError`. ``df.attrs["experiments"]``
     maps each experiment name to its experiment.json.
@@ -535,7 +556,7 @@ def load_results(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
         >>> df.groupby("experiment").size().to_dict()
         {'compression-fashion-mnist-cpu': 18, 'compression-fashion-mnist-cpu-sd': 9}
     """
-    df = _load_many(path_or_paths, TRIALS_FILE, TRIAL_DTYPES, dedupe=True, sort_by=["number"])
+    df = _load_many(path_or_paths, TRIALS_FILE, TRIAL_DTYPES, unique=True, sort_by=["number"])
     df.attrs["experiments"] = {
         str(meta.get("name") or p.name): meta for p in _as_paths(path_or_paths) for meta in [read_experiment(p)]
     }
@@ -548,7 +569,7 @@ def load_curves(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
     Sorted by experiment, trial number and epoch; zero rows when a folder has
     no curves.csv yet. A resumed trial's repeated epoch keeps its last row.
     """
-    df = _load_many(path_or_paths, CURVES_FILE, CURVE_DTYPES, dedupe=False, sort_by=["number", "trial_id", "epoch"])
+    df = _load_many(path_or_paths, CURVES_FILE, CURVE_DTYPES, unique=False, sort_by=["number", "trial_id", "epoch"])
     if len(df):
         df = df.drop_duplicates(["experiment", "trial_id", "epoch"], keep="last").reset_index(drop=True)
     return df
@@ -556,7 +577,7 @@ def load_curves(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
 
 def load_pareto(exp_dir: PathLike) -> pd.DataFrame:
     """pareto.csv of one folder as written: ``experiment`` then :data:`TRIAL_COLUMNS` (zero rows when absent)."""
-    return _load_many(exp_dir, PARETO_FILE, TRIAL_DTYPES, dedupe=False, sort_by=[])
+    return _load_many(exp_dir, PARETO_FILE, TRIAL_DTYPES, unique=True, sort_by=[])
 
 
 def _arch_fields() -> tuple[str, ...]:

@@ -41,8 +41,8 @@ __all__ = ["run_search", "SearchError", "SearchInterrupted", "experiment_dir"]
 
 RAY_DIR = "ray"
 TUNE_NAME = "tune"
-SPACE_COPY = "space.yaml"
-STUDY_FILE = "study.db"
+SPACE_COPY = results.SPACE_FILE
+STUDY_FILE = results.STUDY_FILE
 FRONT_COLUMNS = ["number", "scheme", "depth", "width", "block", "noise", "params", "val_acc", "test_acc"]
 
 
@@ -116,7 +116,10 @@ def _check_study(exp_dir: Path, name: str) -> None:
     """On ``--resume``: a study.db present is a sound SQLite file holding the study ``name``."""
     path = exp_dir / STUDY_FILE
     if not path.is_file():
-        return
+        # Ray's state alone would run the rest without a study to tell: the study is the experiment's record
+        raise SearchError(f"{path} is missing (or not a file): the experiment's Optuna study cannot be resumed; "
+                          f"restore it from a backup or version control, or start the experiment again in "
+                          f"another --out; nothing in {exp_dir} was changed")
     try:  # read-write, so SQLite may roll back a transaction a killed search left; only reads here
         with contextlib.closing(sqlite3.connect(path)) as db:
             check = db.execute("PRAGMA quick_check").fetchone()[0]

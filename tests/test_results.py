@@ -110,20 +110,6 @@ def test_interrupted_experiment_loads(tmp_path: Path) -> None:
     assert "id006" not in set(pareto_front(df)["trial_id"])
 
 
-def test_resumed_experiment_last_row_of_a_trial_wins(tmp_path: Path) -> None:
-    exp = make_experiment(tmp_path, running=True)
-    text = (exp / "trials.csv").read_text()
-    spec = ArchSpec(scheme="euler", depth=20, width=8, in_channels=1)
-    rows = pd.read_csv(exp / "trials.csv").to_dict("records")
-    rows.append(_row(6, spec, "COMPLETE", val_acc=0.91))  # same trial id, finished after the resume
-    write_trials_table(exp, rows)
-    assert (exp / "trials.csv").read_text() != text
-    df = load_results(exp)
-    assert len(df) == 7
-    last = df[df.trial_id == "id006"].iloc[0]
-    assert last["state"] == "COMPLETE" and last["val_acc"] == 0.91
-
-
 def test_several_experiments_concatenated(tmp_path: Path) -> None:
     a = make_experiment(tmp_path, "alpha")
     b = make_experiment(tmp_path, "beta", running=True)
@@ -233,3 +219,19 @@ def test_a_damaged_table_is_refused_not_misread(tmp_path: Path, damage, message:
     path.write_text(damage(path.read_text()))
     with pytest.raises(results.ExperimentFolderError, match=message):
         results.load_results(tmp_path)
+
+
+def test_a_trial_on_two_rows_is_refused(tmp_path: Path) -> None:
+    results.write_experiment(tmp_path, {"name": "dup"})
+    rows = [{"trial_id": "a", "number": 0, "state": "COMPLETE", "val_acc": 0.5, "params": 1}]
+    results.write_trials_table(tmp_path, rows + [{**rows[0], "val_acc": 0.9}])
+    with pytest.raises(results.ExperimentFolderError, match="'a' appears on more than one line"):
+        results.load_results(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["trials.csv", "study.db", ""])
+def test_outputs_never_overwrite_an_experiment(tmp_path: Path, name: str) -> None:
+    results.write_experiment(tmp_path, {"name": "x"})
+    with pytest.raises(results.ExperimentFolderError):
+        results.check_output_file(tmp_path / name if name else "", "--plot")
+    assert results.check_output_file(tmp_path / "front.png", "--plot") == tmp_path / "front.png"

@@ -244,3 +244,19 @@ def test_corrupt_study_on_resume_is_a_clear_error_and_changes_nothing(
     assert "Traceback" not in proc.stderr
     after = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()}
     assert after == before and status(exp) == "finished"
+
+
+@pytest.mark.parametrize("damage", ["deleted", "a directory"])
+def test_resume_without_a_study_is_refused_and_changes_nothing(
+        counted: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, damage: str) -> None:
+    exp = tmp_path / "exp"
+    shutil.copytree(counted[0], exp)  # still has Ray's state in ray/
+    (exp / "study.db").unlink()
+    if damage == "a directory":
+        (exp / "study.db").mkdir()
+    before = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()}
+    proc = cli(str(exp / "space.yaml"), "--out", str(exp), "--resume")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "study.db is missing (or not a file)" in proc.stderr and "Traceback" not in proc.stderr
+    after = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()}
+    assert after == before

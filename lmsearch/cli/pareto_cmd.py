@@ -153,9 +153,13 @@ def _fmt_interpolated(table: pd.DataFrame, verdict: str, metric: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from lmsearch.pareto import DEFAULT_OBJECTIVES, aggregate_seeds, normalize_objectives, pareto_front, repeats_seeds
-    from lmsearch.results import ExperimentFolderError, load_results
+    from lmsearch.results import ExperimentFolderError, check_output_file, load_results
 
     try:
+        for option, value in (("--plot", args.plot), ("--compression-csv", args.compression_csv),
+                              ("--compression-plot", args.compression_plot)):
+            if value is not None:  # refused before anything is computed, never written over an experiment
+                check_output_file(value, option)
         df = load_results([Path(d) for d in args.dirs])
         objectives = _objectives(args, df) or normalize_objectives(DEFAULT_OBJECTIVES)
         multi = df["experiment"].nunique() > 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 
 HELP = "Run (or --resume) an architecture search from a search-space YAML file."
@@ -29,6 +30,23 @@ sqlite:///results/<name>/study.db) and Ray Tune's state under ray/.
 """
 
 
+def _node_ip(text: str) -> str:
+    """argparse type: an IP address, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an IP address (e.g. 127.0.0.2) or 'auto'; got {text!r}") from None
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("space", help="search-space YAML file (see search_spaces/)")
@@ -38,15 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pruner", choices=("none", "pareto", "median", "percentile", "successive_halving",
                                              "hyperband"),
                         help="replace the space file's pruner (default parameters)")
-    parser.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local node)")
-    parser.add_argument("--node-ip", default="127.0.0.2",
+    parser.add_argument("--address", type=_nonempty, help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local node)")
+    parser.add_argument("--node-ip", default="127.0.0.2", type=_node_ip,
                         help="address the local Ray node binds to (default 127.0.0.2, a loopback address: "
                              "no traffic leaves the machine); 'auto' lets Ray choose")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted search in --out: finished trials are kept, "
                              "running ones restart from their last epoch checkpoint (without the "
                              "folder's ray/ state, e.g. in a fresh clone, from its study.db: running "
-                             "ones are marked FAILED and their configurations run again)")
+                             "ones are marked FAILED and their configurations run again, from their "
+                             "epoch checkpoint in checkpoints/ when there is one)")
     parser.add_argument("--quiet", action="store_true", help="no per-trial progress table")
 
 

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmsearch.space import MAX_EPOCHS  # the space files' limit (imports no torch)
+
 HELP = """Train one network on a dataset and report its test accuracy.
 
 MODEL is a zoo name (see `lmsearch models`), an ArchSpec JSON file, the
@@ -32,6 +34,27 @@ DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "folder", "
 SCHEDULE_NAMES = ("step", "cosine", "onecycle", "constant")
 DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
             "label_smoothing": 0.0, "schedule": "step", "warmup_epochs": 0.0}
+
+
+def _integer(text: str, low: int, high: int | None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"from {low} to {high}"
+        raise argparse.ArgumentTypeError(f"must be {allowed}; got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    return _integer(text, 1, None)
+
+
+def epoch_count(text: str) -> int:
+    """argparse type: a whole number of epochs, 0 to MAX_EPOCHS."""
+    return _integer(text, 0, MAX_EPOCHS)
 
 
 def finite_float(text: str) -> float:
@@ -60,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="share of the training set held out for validation (default 0.1)")
     g.add_argument("--image-size", type=int, metavar="PX", help="imagenet/folder: image size (default 224)")
     t = parser.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"epochs (default {d.epochs})")
+    t.add_argument("--epochs", type=epoch_count, default=d.epochs, metavar="N",
+                   help=f"epochs, 0 to {MAX_EPOCHS} (default {d.epochs})")
     t.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B", help=f"default {d.batch_size}")
     t.add_argument("--lr", type=finite_float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     t.add_argument("--momentum", type=finite_float, default=d.momentum, help=f"default {d.momentum}")
@@ -81,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on CUDA only; --amp also on CPU, fast on CPUs with AVX512-BF16/AMX)")
-    r.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    r.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     r.add_argument("--save", metavar="DIR",
