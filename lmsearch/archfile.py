@@ -44,6 +44,7 @@ from torch import nn
 
 from lmsearch.arch import ArchSpec
 from lmsearch.atomic import atomic_write, atomic_write_text
+from lmsearch.results import EXPERIMENT_FILE
 
 __all__ = [
     "FORMAT",
@@ -143,7 +144,11 @@ def check_output_dir(directory: str | os.PathLike) -> Path:
     It may exist as a directory or not exist yet; an existing file at its
     place, or a file among its parents, is refused (before any work is done).
     """
+    if not str(directory).strip():
+        raise ValueError("the export directory is an empty path; give a directory name")
     out = Path(directory).expanduser()
+    if (out / EXPERIMENT_FILE).is_file():
+        raise ValueError(f"{out} is an experiment folder; export into a directory of its own")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory; an export is a directory holding {ARCH_FILE} "
                          f"and {WEIGHTS_FILE}: choose a new or existing directory")

@@ -323,3 +323,14 @@ def test_export_best_refuses_a_diverged_retrain(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(ValueError, match=r"retraining trial abc_00000 did not complete \(diverged"):
         export_best(exp, tmp_path / "out", trial="0", retrain_epochs=1, device="cpu")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_directory_is_never_empty_or_an_experiment(tmp_path: Path) -> None:
+    from lmsearch.archfile import check_output_dir
+
+    with pytest.raises(ValueError, match="empty path"):
+        check_output_dir("")
+    write_experiment(tmp_path, {"name": "x"})
+    with pytest.raises(ValueError, match="is an experiment folder"):
+        check_output_dir(tmp_path)
+    assert check_output_dir(tmp_path / "best") == tmp_path / "best"
