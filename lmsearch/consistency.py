@@ -46,21 +46,16 @@ from typing import Any
 
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from lmsearch import results
 from lmsearch.pareto import DEFAULT_OBJECTIVES, normalize_objectives, pareto_front
 from lmsearch.results import ExperimentFolderError
-from lmsearch.searcher import EPOCH_METRIC, ORPHANED_ATTR
-from lmsearch.states import COMPLETE, FAILED, FINISHED, PRUNED, RUNNING
+from lmsearch.searcher import EPOCH_METRIC, ORPHANED_ATTR, RAY_TRIAL_ATTR
+from lmsearch.states import COMPLETE, FAILED, FINISHED, PRUNED, ROW_STATE_OF_OPTUNA, RUNNING
 
 __all__ = ["check_experiment", "check", "CheckReport"]
 
-STUDY_FILE = "study.db"  # when experiment.json does not name it (its "study")
-RAY_TRIAL_ATTR = "ray_trial_id"  # user attribute the searcher sets on every trial it asks for
-#: Optuna's state of a study trial -> the state trials.csv writes for it.
-_ROW_STATE = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED,
-              TrialState.RUNNING: RUNNING, TrialState.WAITING: "WAITING"}
 
 
 @dataclass
@@ -105,7 +100,7 @@ def check(exp_dir: str | os.PathLike) -> CheckReport:
     table = results.load_results(exp)
     curves = results.load_curves(exp)
     status = str(meta.get("status") or "")
-    study = _open_study(exp / str(meta.get("study") or STUDY_FILE), str(meta.get("name") or exp.name))
+    study = _open_study(exp / str(meta.get("study") or results.STUDY_FILE), str(meta.get("name") or exp.name))
     objectives = _objectives(meta, exp / results.EXPERIMENT_FILE)
     report = CheckReport(exp, status, counts={k: int(v) for k, v in table["state"].value_counts().items()})
     out = report.disagreements
@@ -210,7 +205,7 @@ def _check_states(trials: list[FrozenTrial], rows: dict[int, dict[str, Any]], ob
     """Each study trial against its trials.csv row: present, same state, same Ray id, same objective values."""
     out = []
     for t in trials:
-        told = _ROW_STATE.get(t.state, t.state.name)
+        told = ROW_STATE_OF_OPTUNA.get(t.state.name, t.state.name)
         row = rows.get(t.number)
         orphan = ORPHANED_ATTR in t.user_attrs
         if row is None:

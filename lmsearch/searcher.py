@@ -23,8 +23,9 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
+from lmsearch.results import STUDY_FILE
 from lmsearch.space import SearchSpace
-from lmsearch.states import COMPLETE, FAILED, PRUNED, trial_outcome
+from lmsearch.states import COMPLETE, FAILED, PRUNED, ROW_STATE_OF_OPTUNA, trial_outcome
 
 __all__ = ["StudySearcher", "StudyRecord", "make_sampler", "study_storage_url", "EPOCH_METRIC", "PARAMS_ATTR",
            "DEPTH_ATTR"]
@@ -35,12 +36,13 @@ PARAMS_ATTR = "params"  # user attribute: the parameter count, the Pareto pruner
 DEPTH_ATTR = "depth"  # user attribute: the depth, whichever per-scheme parameter (depth_lm, ...) sampled it
 ORPHANED_ATTR = "orphaned"
 REQUEUED_ATTR = "requeued_from"
+RAY_TRIAL_ATTR = "ray_trial_id"  # user attribute naming the Ray trial of every study trial
 
 _OPTUNA_STATES = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 
 def study_storage_url(exp_dir: str | Path) -> str:
-    return f"sqlite:///{Path(exp_dir).resolve() / 'study.db'}"
+    return f"sqlite:///{Path(exp_dir).resolve() / STUDY_FILE}"
 
 
 class StudyRecord:
@@ -220,7 +222,7 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | None:
         trial = self.study.ask()
         config = self._define(trial)
-        trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
         trial.set_user_attr(PARAMS_ATTR, config["params"])
         trial.set_user_attr(DEPTH_ATTR, config["spec"]["depth"])
         self._numbers[trial_id] = trial.number
@@ -287,6 +289,5 @@ class StudySearcher(Searcher):
 
         Orphans failed by :meth:`reconcile_orphans` are left out: their configuration runs again.
         """
-        names = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED}
-        return {t.number: names.get(t.state, FAILED) for t in self.study.get_trials(deepcopy=False)
+        return {t.number: ROW_STATE_OF_OPTUNA[t.state.name] for t in self.study.get_trials(deepcopy=False)
                 if t.state.is_finished() and ORPHANED_ATTR not in t.user_attrs}

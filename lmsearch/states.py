@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["COMPLETE", "PRUNED", "FAILED", "RUNNING", "STATES", "FINISHED", "STATUS_DIVERGED",
+__all__ = ["COMPLETE", "PRUNED", "FAILED", "RUNNING", "STATES", "FINISHED", "ROW_STATE_OF_OPTUNA", "STATUS_DIVERGED",
            "STATUS_OVER_BUDGET", "STATUS_PRUNED", "trial_outcome"]
 
 COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
@@ -17,6 +17,9 @@ COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
 STATES = (COMPLETE, PRUNED, FAILED, RUNNING)
 #: The states of a trial that has ended.
 FINISHED = (COMPLETE, PRUNED, FAILED)
+#: An Optuna trial state's name (``TrialState.name``) -> the state trials.csv records for it.
+ROW_STATE_OF_OPTUNA = {"COMPLETE": COMPLETE, "PRUNED": PRUNED, "FAIL": FAILED, "RUNNING": RUNNING,
+                       "WAITING": "WAITING"}
 
 # Statuses a trial function reports besides "running"/"completed".
 STATUS_DIVERGED = "diverged"
