@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "run_search": "lmsearch.search",
     "load_results": "lmsearch.results",
     "load_curves": "lmsearch.results",
+    "load_pareto": "lmsearch.results",
     "check_experiment": "lmsearch.consistency",
     "pareto_front": "lmsearch.pareto",
     "hypervolume": "lmsearch.pareto",

@@ -94,7 +94,7 @@ def test_columns_dtypes_and_values(tmp_path: Path) -> None:
 
 def test_pareto_csv_is_the_front(tmp_path: Path) -> None:
     exp = make_experiment(tmp_path)
-    written = pd.read_csv(exp / "pareto.csv")
+    written = pd.read_csv(exp / "pareto.csv", dtype={"trial_id": str})
     assert list(written.columns) == list(TRIAL_COLUMNS)
     expected = pareto_front(load_results(exp))
     assert written["trial_id"].tolist() == expected["trial_id"].tolist()
@@ -150,7 +150,7 @@ def test_writer_refuses_unknown_columns(tmp_path: Path) -> None:
 
 def test_extra_column_kept_and_bad_int_refused(tmp_path: Path) -> None:
     exp = make_experiment(tmp_path)
-    raw = pd.read_csv(exp / "trials.csv")
+    raw = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str})
     raw["note"] = np.arange(len(raw))
     raw.to_csv(exp / "trials.csv", index=False)
     df = load_results(exp)

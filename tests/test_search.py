@@ -107,7 +107,7 @@ def test_persisted_study_agrees_with_trials_table(finished: tuple[Path, subproce
 def test_front_is_the_nondominated_complete_trials(finished: tuple[Path, subprocess.CompletedProcess]) -> None:
     exp, _ = finished
     df = lmsearch.load_results(exp)
-    front = pd.read_csv(exp / "pareto.csv")
+    front = lmsearch.load_pareto(exp)
     done = df[df.state == "COMPLETE"]
     expected = {r.trial_id for r in done.itertuples()
                 if not any((o.val_acc >= r.val_acc and o.params <= r.params)
@@ -254,6 +254,6 @@ def test_live_search_with_pareto_pruner_records_pruned_trials(tmp_path: Path) ->
     states = {t.number: t.state for t in study_trials(exp, "pruned")}
     for number in pruned.number:
         assert states[number] == optuna.trial.TrialState.PRUNED
-    front = pd.read_csv(exp / "pareto.csv")
+    front = lmsearch.load_pareto(exp)
     assert not set(front.trial_id) & set(pruned.trial_id)
     assert json.loads((exp / "experiment.json").read_text())["pruner"] == {"name": "pareto"}
