@@ -36,7 +36,7 @@ SPACE = """
 name: chaos
 dataset: {{name: fashion-mnist, subset: {subset}}}
 budget: {{epochs: {epochs}}}
-architecture: {{scheme: [euler, lm], depth: [8, 14], width: 4}}
+architecture: {{scheme: [euler, poly], depth: [8, 14], width: 4}}
 training: {{batch_size: 64, lr: 0.05, seed: [1, 2]}}
 search: {{sampler: grid, seed: 0}}
 resources: {{cpu: 1, max_failures: 2}}

@@ -23,6 +23,7 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,23 @@ def make_step(spec: ArchSpec, args: argparse.Namespace, device: torch.device):
     return step
 
 
+def time_alternately(steps: dict[str, Callable[[], float]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """``warmup`` untimed runs of each step, then ``repeats`` timed ones, alternating (the order flips every repeat)."""
+    for _ in range(warmup):
+        for run in steps.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(repeats):
+        for name in list(steps) if r % 2 == 0 else list(steps)[::-1]:
+            times[name].append(steps[name]())
+    return times
+
+
+def fastest_and_median(times: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """The fastest and the median time of each step."""
+    return {k: min(v) for k, v in times.items()}, {k: statistics.median(v) for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -89,16 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     for depth in args.depths:
         spec = ArchSpec(scheme="euler", depth=depth, width=args.width, preact=not args.postact)
         steps = {"euler": make_step(spec, args, device), "lm": make_step(spec.replace(scheme="lm"), args, device)}
-        for _ in range(args.warmup):
-            for run in steps.values():
-                run()
-        times: dict[str, list[float]] = {"euler": [], "lm": []}
-        for r in range(args.repeats):
-            order = ("euler", "lm") if r % 2 == 0 else ("lm", "euler")
-            for name in order:
-                times[name].append(steps[name]())
-        med = {k: statistics.median(v) for k, v in times.items()}
-        best = {k: min(v) for k, v in times.items()}
+        times = time_alternately(steps, args.repeats, args.warmup)
+        best, med = fastest_and_median(times)
         spread = {k: 100 * (max(v) - min(v)) / med[k] for k, v in times.items()}
         print(f"{depth:>5}  {1e3 * med['euler']:>9.1f}  {1e3 * med['lm']:>9.1f}  {med['lm'] / med['euler']:>7.3f}x"
               f"  {best['lm'] / best['euler']:>8.3f}x  {spread['euler']:>5.0f}/{spread['lm']:<5.0f}", flush=True)

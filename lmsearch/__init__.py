@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "count_flops": "lmsearch.nn.counting",
     "create_model": "lmsearch.nn.zoo",
     "list_models": "lmsearch.nn.zoo",
+    "to_lm": "lmsearch.nn.torchvision_lm",
     "register_scheme": "lmsearch.nn.registry",
     "load_dataset": "lmsearch.data",
     "Trainer": "lmsearch.train",

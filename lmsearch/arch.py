@@ -10,18 +10,33 @@ How functions become steps depends on the scheme: euler, lm and poly use one
 function per step, rk2 two (a Heun step), rk4 four, rev two (the coupled pair
 f, g), so the number of functions in every stage must be a multiple of the
 scheme's ``functions_per_step``.
+
+**Torchvision bases.** ``base="torchvision:resnet50"`` (any name of
+:data:`TORCHVISION_BASES`) describes torchvision's own network, converted
+by :func:`lmsearch.nn.torchvision_lm.to_lm` (its module names and weights
+unchanged): the structural fields (depth, width, stages, block, groups,
+group_width, preact, shortcut, stem) are the base's and are filled in from it.
+A given structural value is only checked when it differs from ArchSpec's
+default: a value other than the default and the base's is refused, but a
+default value cannot be told from an omitted one, so it is replaced
+(``ArchSpec(base="torchvision:resnet18", stem="small").stem`` is
+``"imagenet"``). scheme (euler or lm), noise (none or
+stochastic_depth), noise_prob, lm_k, lm_k_init, in_channels and
+num_classes are free.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lmsearch.nn.registry import get_scheme, scheme_names
 
-__all__ = ["ArchSpec", "BLOCKS", "NOISES", "STEMS", "SHORTCUTS", "LM_K_MODES", "layers_per_function"]
+__all__ = ["ArchSpec", "BLOCKS", "NOISES", "STEMS", "SHORTCUTS", "LM_K_MODES", "LM_K_INITS", "TORCHVISION_BASES",
+           "BASE_SCHEMES", "BASE_NOISES", "BASE_FIELDS", "layers_per_function", "lm_k_init_range"]
 
 BLOCKS = ("basic", "bottleneck", "resnext")
 NOISES = ("none", "stochastic_depth", "shake_shake")
@@ -30,6 +45,62 @@ SHORTCUTS = ("conv", "pad", "preact_conv")
 LM_K_MODES = ("scalar", "channel")
 _LAYERS_PER_FUNCTION = {"basic": 2, "bottleneck": 3, "resnext": 3}
 _DEFAULT_STAGES = {"small": 3, "imagenet": 4}
+#: Named k_n initialisations: ``zero`` (an LM net that starts as its Euler net) and the paper's U(-0.1, 0).
+LM_K_INITS: dict[str, tuple[float, float]] = {"zero": (0.0, 0.0), "paper": (-0.1, 0.0)}
+
+_BASE_LAYOUT = {"width": 64, "preact": False, "shortcut": "conv", "stem": "imagenet"}
+
+
+def _tv(block: str, stages: tuple[int, ...], groups: int = 1, group_width: int = 0) -> dict[str, Any]:
+    # A wide ResNet is a resnext of one group: its 3x3 has group_width * 2**stage channels.
+    depth = _LAYERS_PER_FUNCTION[block] * sum(stages) + 2
+    return {**_BASE_LAYOUT, "depth": depth, "stages": stages, "block": block, "groups": groups,
+            "group_width": group_width}
+
+
+#: torchvision constructors lmsearch converts -> the ArchSpec structure they have (torchvision's
+#: ``groups`` and ``width_per_group`` are ``groups`` and ``group_width`` here).
+TORCHVISION_BASES: dict[str, dict[str, Any]] = {
+    "torchvision:resnet18": _tv("basic", (2, 2, 2, 2)),
+    "torchvision:resnet34": _tv("basic", (3, 4, 6, 3)),
+    "torchvision:resnet50": _tv("bottleneck", (3, 4, 6, 3)),
+    "torchvision:resnet101": _tv("bottleneck", (3, 4, 23, 3)),
+    "torchvision:resnet152": _tv("bottleneck", (3, 8, 36, 3)),
+    "torchvision:resnext50_32x4d": _tv("resnext", (3, 4, 6, 3), 32, 4),
+    "torchvision:resnext101_32x8d": _tv("resnext", (3, 4, 23, 3), 32, 8),
+    "torchvision:resnext101_64x4d": _tv("resnext", (3, 4, 23, 3), 64, 4),
+    "torchvision:wide_resnet50_2": _tv("resnext", (3, 4, 6, 3), 1, 128),
+    "torchvision:wide_resnet101_2": _tv("resnext", (3, 4, 23, 3), 1, 128),
+}
+#: The fields a base sets, and the schemes and noises a base can be converted with.
+BASE_FIELDS = ("depth", "width", "stages", "block", "groups", "group_width", "preact", "shortcut", "stem")
+BASE_SCHEMES = ("euler", "lm")
+BASE_NOISES = ("none", "stochastic_depth")
+
+
+def lm_k_init_range(value: str | tuple[float, float] | list[float], name: str = "k_init") -> tuple[float, float]:
+    """A k_n init as a ``(low, high)`` pair: a name of :data:`LM_K_INITS` or the pair itself.
+
+    The one check of a k_n init (ArchSpec's ``lm_k_init``, :func:`lmsearch.to_lm`'s
+    ``k_init``, a space file's ``k_init``): anything but a name or a pair of finite
+    numbers with low <= high is a ValueError naming ``name`` and the allowed values.
+
+    Example:
+        >>> lm_k_init_range("paper"), lm_k_init_range([0, 0.1])
+        ((-0.1, 0.0), (0, 0.1))
+        >>> lm_k_init_range(0.1)
+        Traceback (most recent call last):
+        ...
+        ValueError: k_init must be a pair [low, high] with low <= high, both finite, or one of zero, paper; got 0.1
+    """
+    if isinstance(value, str) and value in LM_K_INITS:
+        return LM_K_INITS[value]
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            and value[0] <= value[1]):
+        return (value[0], value[1])
+    raise ValueError(f"{name} must be a pair [low, high] with low <= high, both finite, or one of "
+                     f"{', '.join(LM_K_INITS)}; got {value!r}")
 
 
 def layers_per_function(block: str) -> int:
@@ -79,10 +150,18 @@ class ArchSpec:
             ``1 - p_L``; survival falls linearly from 1 to ``p_L`` over the
             steps. Must be 0 unless noise is stochastic_depth.
         lm_k: ``scalar`` (one k_n per step) or ``channel`` (one per channel).
-        lm_k_init: uniform init range of k_n (the authors' U(-0.1, 0)).
+        lm_k_init: uniform init range of k_n, ``(low, high)`` or a name of
+            :data:`LM_K_INITS` (stored as its pair). The default is the
+            authors' U(-0.1, 0) (``paper``), which lmsearch's own LM nets have
+            always used; :func:`lmsearch.to_lm`, ``lmsearch train --lm`` and a
+            space file on a ``base`` default to ``zero`` instead (see
+            :mod:`lmsearch.space`).
         in_channels, num_classes: input channels and classifier outputs.
         stem: ``small`` (3x3 conv, 28/32 px images) or ``imagenet`` (7x7/2 conv
             and 3x3/2 max-pool, 224 px).
+        base: ``None`` (lmsearch's own network) or a torchvision network of
+            :data:`TORCHVISION_BASES`, which sets the structural fields (see
+            the module docstring). Left out of :meth:`to_dict` when ``None``.
     """
 
     scheme: str = "euler"
@@ -101,6 +180,7 @@ class ArchSpec:
     in_channels: int = 3
     num_classes: int = 10
     stem: Literal["small", "imagenet"] = "small"
+    base: str | None = None
     _derived_stages: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +189,33 @@ class ArchSpec:
             object.__setattr__(self, "stages", tuple(self.stages))
         if isinstance(self.lm_k_init, list):
             object.__setattr__(self, "lm_k_init", tuple(self.lm_k_init))
+        elif isinstance(self.lm_k_init, str) and self.lm_k_init in LM_K_INITS:  # a name: its pair
+            object.__setattr__(self, "lm_k_init", LM_K_INITS[self.lm_k_init])
+        if self.base is not None:
+            self._take_base_structure()
         object.__setattr__(self, "_derived_stages", self._validate())
+
+    def _take_base_structure(self) -> None:
+        """Take the structural fields (:data:`BASE_FIELDS`) from ``base``.
+
+        A given value is checked only when it differs from ArchSpec's default:
+        one that is neither the default nor the base's is refused. A value equal
+        to the default is indistinguishable from an omitted one (dataclass
+        defaults) and is replaced by the base's, even when the base's differs.
+        """
+        structure = TORCHVISION_BASES.get(self.base)  # type: ignore[arg-type]
+        if structure is None:
+            raise ValueError(f"base must be one of {', '.join(TORCHVISION_BASES)}; got {self.base!r}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in BASE_FIELDS:
+            given, wanted = getattr(self, name), structure[name]
+            if given != defaults[name] and given != wanted:
+                raise ValueError(f"{name} is set by base {self.base} ({wanted!r}); got {given!r}")
+            object.__setattr__(self, name, wanted)
+        for name, allowed in (("scheme", BASE_SCHEMES), ("noise", BASE_NOISES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)} with a base ({self.base}); "
+                                 f"got {getattr(self, name)!r}")
 
     # ------------------------------------------------------------------ checks
     def _validate(self) -> tuple[int, ...]:
@@ -160,14 +266,7 @@ class ArchSpec:
             raise ValueError(f"noise_prob must be 0 unless noise=stochastic_depth; got {p} with noise={self.noise}")
 
     def _validate_lm_options(self) -> None:
-        k = self.lm_k_init
-        if (
-            not isinstance(k, tuple)
-            or len(k) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in k)
-            or k[0] > k[1]
-        ):
-            raise ValueError(f"lm_k_init must be a pair [low, high] with low <= high; got {k!r}")
+        lm_k_init_range(self.lm_k_init, "lm_k_init")
 
     def _validate_depth(self) -> tuple[int, ...]:
         layers = layers_per_function(self.block)
@@ -212,6 +311,34 @@ class ArchSpec:
         return tuple(n // fps for n in self._derived_stages)
 
     @property
+    def lm_steps(self) -> int:
+        """Steps with a k_n when ``scheme`` is lm: all but the first step of each stage.
+
+        The first step of a stage (where the shape changes) is an Euler step, so an lm
+        net with one step per stage has none and *is* the euler net (:meth:`canonical`).
+
+        Example:
+            >>> ArchSpec(scheme="lm", depth=20).lm_steps, ArchSpec(scheme="lm", depth=8).lm_steps
+            (6, 0)
+        """
+        return sum(max(0, n - 1) for n in self.steps_per_stage) if self.scheme == "lm" else 0
+
+    def canonical(self) -> ArchSpec:
+        """The same network spelt one way: an lm net without an LM step is the euler net.
+
+        Both build the same modules and compute the same function, so a search counts
+        them once and an export names the net by what it is.
+
+        Example:
+            >>> ArchSpec(scheme="lm", depth=8, lm_k="channel").canonical() == ArchSpec(scheme="euler", depth=8)
+            True
+        """
+        if self.scheme != "lm" or self.lm_steps:
+            return self
+        defaults = {f.name: f.default for f in dataclasses.fields(ArchSpec) if f.name in ("lm_k", "lm_k_init")}
+        return self.replace(scheme="euler", **defaults)
+
+    @property
     def stage_widths(self) -> tuple[int, ...]:
         """Inner (per-function) width of each stage: ``width * 2**i``."""
         return tuple(self.width * 2**i for i in range(len(self._derived_stages)))
@@ -230,6 +357,8 @@ class ArchSpec:
             if not f.init:
                 continue
             value = getattr(self, f.name)
+            if f.name == "base" and value is None:
+                continue  # the dict of an lmsearch net is what it was before bases existed (checkpoint keys)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 

@@ -12,6 +12,15 @@ An export directory holds two files:
   ...metadata}``, where the metadata (by convention ``"metrics"`` and
   ``"provenance"``) is stored verbatim at the top level.
 
+A spec names one of two kinds of network: lmsearch's own (no ``base``), or a
+torchvision network converted by :func:`lmsearch.to_lm`, whose spec holds
+``"base": "torchvision:resnet50"`` (one of
+:data:`lmsearch.arch.TORCHVISION_BASES`) with its scheme, k_n options,
+noise, ``in_channels`` and ``num_classes``: it is rebuilt from torchvision's
+constructor of that name (random init, then the weights file), never from a
+pickle. An unknown base is refused naming the file, the field and the
+allowed names.
+
 :func:`load_architecture` validates arch.json, checks the weights' hash, then
 compares the tensors the spec needs (built on PyTorch's ``meta`` device, so
 nothing is allocated) with the safetensors header before it builds the real
@@ -161,6 +170,17 @@ def check_output_dir(directory: str | os.PathLike) -> Path:
 
 
 # =========================================================================== save / load
+def _no_spec_reason(model: nn.Module) -> str:
+    """Why a model has no .spec, for save_architecture's message."""
+    from lmsearch.nn.torchvision_lm import LAYERS, ResNetStage
+
+    if all(isinstance(getattr(model, layer, None), ResNetStage) for layer in LAYERS):
+        return (" (a converted torchvision ResNet whose structure is not what a torchvision constructor builds, "
+                "e.g. a replaced maxpool, conv1 or fc, so arch.json cannot rebuild it; save its state_dict with "
+                "torch.save instead)")
+    return ""
+
+
 def save_architecture(
     model: nn.Module,
     spec: ArchSpec | None,
@@ -172,7 +192,10 @@ def save_architecture(
     Args:
         model: a network built from ``spec`` (its state_dict is saved).
         spec: its ArchSpec; ``None`` takes ``model.spec``. A model carrying a
-            different ``.spec`` is refused.
+            different ``.spec`` is refused, and so is, for a spec with a
+            torchvision ``base``, a model whose modules differ from what
+            :func:`lmsearch.nn.torchvision_lm.build_base` builds (e.g. a
+            replaced maxpool: the same tensors, another network).
         directory: created if needed (an existing file there is refused);
             ``arch.json`` and ``model.safetensors`` in it are replaced
             atomically (weights first, so arch.json always describes a
@@ -190,12 +213,19 @@ def save_architecture(
     if spec is None:
         spec = getattr(model, "spec", None)
         if spec is None:
-            raise ValueError("save_architecture needs a spec (the model carries no .spec)")
+            raise ValueError(f"save_architecture needs a spec: the model carries no .spec{_no_spec_reason(model)}")
     if not isinstance(spec, ArchSpec):
         raise TypeError(f"spec must be an lmsearch.ArchSpec; got {type(spec).__name__}")
     own = getattr(model, "spec", None)
-    if isinstance(own, ArchSpec) and own != spec:
+    if isinstance(own, ArchSpec) and own.canonical() != spec.canonical():  # lm without LM step == euler
         raise ValueError(f"the model was built from {own} but spec is {spec}")
+    if spec.base is not None:  # same tensor shapes can still be another net (a replaced maxpool): compare modules
+        from lmsearch.nn.torchvision_lm import base_mismatch
+
+        mismatch = base_mismatch(model, spec)
+        if mismatch is not None:
+            raise ValueError(f"the model is not the network of base {spec.base}, which load_architecture would "
+                             f"rebuild: {mismatch}; save its state_dict with torch.save instead")
     extra = dict(metadata or {})
     clash = sorted(set(extra) & set(_RESERVED))
     if clash:

@@ -174,7 +174,8 @@ def _prepare_join(address: str) -> str:
 
 
 def init_ray(address: str | None = None, *, node_ip: str | None = DEFAULT_NODE_IP,
-             num_cpus: int | None = None, num_gpus: int | None = None) -> dict[str, Any]:
+             num_cpus: int | None = None, num_gpus: int | None = None,
+             log_to_driver: bool = True) -> dict[str, Any]:
     """Start (``address=None``) or join (``address="auto"`` / ``"host:port"``) a Ray cluster.
 
     A local node binds to ``node_ip`` (default 127.0.0.2; ``None`` lets Ray pick) and
@@ -182,7 +183,8 @@ def init_ray(address: str | None = None, *, node_ip: str | None = DEFAULT_NODE_I
     a cluster (also through ``RAY_ADDRESS`` when ``address`` is None) needs token
     authentication: see the module docstring; failures raise :class:`ClusterAuthError`.
     When joining a cluster whose head is on a loopback address, the driver binds to
-    that address too. Returns ``ray.init``'s context info as a dict.
+    that address too. ``log_to_driver``: show what the trials print (a search's ``--verbose``).
+    Returns ``ray.init``'s context info as a dict.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -198,7 +200,7 @@ def init_ray(address: str | None = None, *, node_ip: str | None = DEFAULT_NODE_I
         _refresh_ray_auth()
     else:
         source = _prepare_join(address)
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": log_to_driver,
                               "configure_logging": True, "logging_level": "WARNING"}
     if address is None:
         kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus)

@@ -49,7 +49,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 
 from lmsearch import results
-from lmsearch.pareto import DEFAULT_OBJECTIVES, normalize_objectives, pareto_front
+from lmsearch.pareto import pareto_front
 from lmsearch.results import ExperimentFolderError
 from lmsearch.searcher import EPOCH_METRIC, ORPHANED_ATTR, RAY_TRIAL_ATTR
 from lmsearch.states import COMPLETE, FAILED, FINISHED, PRUNED, ROW_STATE_OF_OPTUNA, RUNNING
@@ -101,7 +101,7 @@ def check(exp_dir: str | os.PathLike) -> CheckReport:
     curves = results.load_curves(exp)
     status = str(meta.get("status") or "")
     study = _open_study(exp / str(meta.get("study") or results.STUDY_FILE), str(meta.get("name") or exp.name))
-    objectives = _objectives(meta, exp / results.EXPERIMENT_FILE)
+    objectives = results.experiment_objectives(meta, exp / results.EXPERIMENT_FILE)
     report = CheckReport(exp, status, counts={k: int(v) for k, v in table["state"].value_counts().items()})
     out = report.disagreements
     out += _check_objectives(study, objectives)
@@ -143,15 +143,6 @@ def _open_study(path: Path, name: str) -> optuna.Study:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
-
-
-def _objectives(meta: dict[str, Any], where: Path) -> list[tuple[str, str]]:
-    """experiment.json's objectives as ``[(column, "max"|"min")]`` (the default trade-off when absent)."""
-    objs = meta.get("objectives")
-    try:
-        return normalize_objectives([(o["name"], o["direction"]) for o in objs] if objs else DEFAULT_OBJECTIVES)
-    except (TypeError, KeyError, ValueError) as exc:
-        raise ExperimentFolderError(f"{where}: bad objectives {objs!r} ({exc})") from None
 
 
 def _label(number: Any, trial_id: Any = None) -> str:

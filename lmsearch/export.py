@@ -192,7 +192,7 @@ def export_best(
     parents) is a ValueError before anything is loaded or trained. A retrain
     that diverges is a ValueError too; nothing is written.
     """
-    from lmsearch.results import load_results, read_experiment
+    from lmsearch.results import experiment_objectives, load_results, read_experiment
 
     if retrain_epochs < 0:
         raise ValueError(f"retrain_epochs must be >= 0; got {retrain_epochs}")
@@ -200,8 +200,8 @@ def export_best(
     exp = Path(exp_dir)
     meta = read_experiment(exp)
     df = load_results(exp)
-    if objectives is None and meta.get("objectives"):
-        objectives = [(o["name"], o["direction"]) for o in meta["objectives"]]
+    if objectives is None:
+        objectives = experiment_objectives(meta, exp / "experiment.json")
     row = select_trial(df, max_params=max_params, trial=trial, objectives=objectives)
     arch_json = _clean(row.get("arch_json"))
     if not arch_json:
@@ -239,4 +239,8 @@ def export_best(
                        else "most accurate front architecture",
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return save_architecture(model, spec, out_dir, metadata={"metrics": metrics, "provenance": provenance})
+    canonical = spec.canonical()
+    if canonical != spec:  # e.g. an lm net with one step per stage, searched before spaces left those out
+        provenance["searched_as"] = (f"{spec.scheme}-{spec.depth}, which has no LM step (one step per stage): "
+                                     f"the same network as {canonical.scheme}-{canonical.depth}, exported as such")
+    return save_architecture(model, canonical, out_dir, metadata={"metrics": metrics, "provenance": provenance})

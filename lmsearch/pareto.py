@@ -51,6 +51,7 @@ __all__ = [
     "hypervolume",
     "aggregate_seeds",
     "repeats_seeds",
+    "front_table",
 ]
 
 #: The default trade-off: accuracy up, parameters down.
@@ -451,6 +452,17 @@ def repeats_seeds(df: pd.DataFrame, states: Sequence[str] | None = (COMPLETE,)) 
         return False
     rows = df if states is None or "state" not in df.columns else df[df["state"].astype(object).isin(states)]
     return bool(len(rows)) and bool(_replicate_keys(rows).duplicated().any())
+
+
+def front_table(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """The table a front is read from, and whether it is over seed means.
+
+    Seeds are replicates: where a trials table repeats an architecture under several
+    seeds, fronts are over the architectures' means (:func:`aggregate_seeds`), else over
+    the trials themselves. ``lmsearch pareto`` and a search's summary both use this.
+    """
+    replicated = repeats_seeds(df)
+    return (aggregate_seeds(df) if replicated else df), replicated
 
 
 def aggregate_seeds(df: pd.DataFrame, states: Sequence[str] | None = (COMPLETE,)) -> pd.DataFrame:

@@ -13,9 +13,11 @@ Two pieces, one mechanism:
 * :class:`ParetoPruner`, the default for multi-objective searches: at rungs
   ``min_epochs * eta**k`` a trial goes on only if its (accuracy at the rung,
   parameters) point ranks in the top ``1/eta`` by non-dominated sorting among
-  the trials that reached that rung, ties broken by crowding distance or
-  hypervolume contribution. Asynchronous: a trial is judged against whoever
-  reached the rung before it (as ASHA does), never waits for a full rung.
+  the trials that reached that rung, ties broken by hypervolume contribution
+  (or crowding distance), and, once trials have completed, only if it could
+  still reach the front (see :meth:`ParetoPruner.reachable`). Asynchronous: a
+  trial is judged against whoever reached the rung before it (as ASHA does),
+  never waits for a full rung.
 
 A stopped trial is told to Optuna as PRUNED by the searcher (its epoch count
 is below the budget), stays off every Pareto front, and its row in trials.csv
@@ -32,13 +34,17 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from lmsearch.pareto import crowding_distance, hypervolume_points, nondominated_rank
 from lmsearch.searcher import PARAMS_ATTR, StudyRecord, study_storage_url
 
-__all__ = ["ParetoPruner", "HyperbandPruner", "PrunerScheduler", "make_pruner", "make_scheduler", "PARAMS_ATTR"]
+#: User attribute the scheduler sets on a trial it stops: the epoch it was stopped at.
+PRUNED_AT_ATTR = "pruned_at_epoch"
+
+__all__ = ["ParetoPruner", "HyperbandPruner", "PrunerScheduler", "make_pruner", "make_scheduler", "PARAMS_ATTR",
+           "TIE_BREAKS", "hypervolume_contributions"]
 
 
 def rungs(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
@@ -50,54 +56,94 @@ def rungs(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
     return out
 
 
+TIE_BREAKS = ("fixed_hypervolume", "crowding", "hypervolume")
+
+
 class ParetoPruner(BasePruner):
-    """Asynchronous successive halving by non-dominated rank of (accuracy, parameters).
+    """Asynchronous successive halving by non-dominated rank of (accuracy, parameters), plus a reachability test.
 
     Args:
         eta: reduction factor; the top ``ceil(n / eta)`` of the ``n`` trials at a rung go on.
         min_epochs: the first rung; later rungs are ``min_epochs * eta**k``.
         max_epochs: the epoch budget (no rung at or beyond it).
-        tie_break: ``crowding`` (NSGA-II crowding distance, larger kept) or
-            ``hypervolume`` (exclusive hypervolume contribution, larger kept)
-            among points of equal non-dominated rank.
+        tie_break: how points of equal non-dominated rank are ordered (larger kept first):
+
+            * ``fixed_hypervolume`` (default): exclusive hypervolume contribution in one
+              frame for every rung: accuracy as measured, from 0; parameters as a share of
+              the largest net sampled so far (all trials of the study); reference point
+              (accuracy 0, 1.1).
+            * ``hypervolume``: the same contribution with both objectives min-max
+              normalised over the front itself (on a front of two points both
+              contribute alike, whatever their accuracies).
+            * ``crowding``: NSGA-II crowding distance, the extremes of a front first
+              (the default before issue 16, with ``reach=False``).
+        reach: also stop a trial of the quota that could no longer reach the front
+            (:meth:`reachable`); ``False`` is plain successive halving by rank.
 
     A trial's accuracy at a rung is its intermediate value at that epoch; its
-    parameter count is the user attribute ``params`` set when it was sampled.
+    parameter count is the user attribute ``params`` set when it was sampled. A
+    completed trial's final accuracy is its intermediate value at ``max_epochs``
+    (the searcher records the last epoch too). Every decision is a function of
+    the study alone, so a resumed search prunes exactly as before.
     """
 
+    #: Quantiles of the gains completed trials made from an epoch to the end: the
+    #: candidate is credited the upper quartile (optimistic), the trials it is
+    #: compared with the median (typical).
+    OPTIMISTIC_GAIN = 0.75
+    TYPICAL_GAIN = 0.5
+
     def __init__(self, eta: int = 3, min_epochs: int = 1, max_epochs: int = 100,
-                 tie_break: str = "crowding") -> None:
+                 tie_break: str = "fixed_hypervolume", reach: bool = True) -> None:
         if eta < 2:
             raise ValueError(f"eta must be >= 2; got {eta}")
-        if tie_break not in ("crowding", "hypervolume"):
-            raise ValueError(f"tie_break must be crowding or hypervolume; got {tie_break!r}")
+        if tie_break not in TIE_BREAKS:
+            raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}; got {tie_break!r}")
         self.eta, self.min_epochs, self.max_epochs, self.tie_break = eta, min_epochs, max_epochs, tie_break
+        self.reach = bool(reach)
         self.rungs = rungs(min_epochs, eta, max_epochs)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
         if step is None or step not in self.rungs or PARAMS_ATTR not in trial.user_attrs:
             return False
-        peers = [t for t in study.get_trials(deepcopy=False)
+        trials = study.get_trials(deepcopy=False)
+        peers = [t for t in trials
                  if t.number != trial.number and step in t.intermediate_values and PARAMS_ATTR in t.user_attrs]
         points = [(t.intermediate_values[step], t.user_attrs[PARAMS_ATTR]) for t in peers]
         points.append((trial.intermediate_values[step], trial.user_attrs[PARAMS_ATTR]))
-        return not self.survives(np.asarray(points, dtype=float), len(points) - 1)
+        largest = max(t.user_attrs[PARAMS_ATTR] for t in trials if PARAMS_ATTR in t.user_attrs)
+        if not self.survives(np.asarray(points, dtype=float), len(points) - 1, largest):
+            return True
+        return self.reach and not self.reachable(trials, trial, step)
 
-    def survives(self, points: np.ndarray, index: int) -> bool:
+    def survives(self, points: np.ndarray, index: int, largest: float | None = None) -> bool:
         """Whether ``points[index]`` ranks in the top ``ceil(n / eta)`` of ``points`` (accuracy, params)."""
         keep = math.ceil(len(points) / self.eta)
-        return index in self.order(points)[:keep]
+        return index in self.order(points, largest)[:keep]
 
-    def order(self, points: np.ndarray) -> np.ndarray:
-        """Indices of (accuracy, params) points, best first: by front, then by the tie-break."""
+    def order(self, points: np.ndarray, largest: float | None = None) -> np.ndarray:
+        """Indices of (accuracy, params) points, best first: by front, then by the tie-break.
+
+        ``largest``: the parameter count that scales the ``fixed_hypervolume`` frame
+        (default: the largest of ``points``).
+        """
+        points = np.asarray(points, dtype=float)
         minimised = np.column_stack([-points[:, 0], points[:, 1]])
         rank = nondominated_rank(minimised)
         rank = np.where(rank < 0, rank.max() + 1, rank)  # NaN accuracy ranks last
+        if self.tie_break == "fixed_hypervolume":
+            if largest is None:
+                ok = np.all(np.isfinite(minimised), axis=1)
+                largest = float(points[ok, 1].max()) if ok.any() else 1.0
+            frame = np.column_stack([minimised[:, 0], points[:, 1] / (largest if largest > 0 else 1.0)])
         spread = np.zeros(len(points))
         for level in np.unique(rank):
             members = np.flatnonzero(rank == level)
-            spread[members] = self._spread(minimised[members])
+            if self.tie_break == "fixed_hypervolume":
+                spread[members] = hypervolume_contributions(frame[members], np.array([0.0, 1.1]))
+            else:
+                spread[members] = self._spread(minimised[members])
         # lexsort: last key is primary. Equal spread falls back to the order of arrival.
         return np.lexsort((np.arange(len(points)), -spread, rank))
 
@@ -111,13 +157,63 @@ class ParetoPruner(BasePruner):
         # counts weigh alike, with the reference point just beyond the worst corner.
         low, high = front[ok].min(axis=0), front[ok].max(axis=0)
         scaled = (front - low) / np.where(high > low, high - low, 1.0)
-        ref = np.full(front.shape[1], 1.1)
-        total = hypervolume_points(scaled[ok], ref)
-        out = np.zeros(len(front))
-        for i in np.flatnonzero(ok):
-            rest = scaled[ok & (np.arange(len(front)) != i)]
-            out[i] = total - (hypervolume_points(rest, ref) if len(rest) else 0.0)
+        return hypervolume_contributions(scaled, np.full(front.shape[1], 1.1))
+
+    def reachable(self, trials: list[FrozenTrial], trial: FrozenTrial, step: int) -> bool:
+        """Whether ``trial``, at rung ``step``, could still reach the front of the trials still in the race.
+
+        Uses the trials that completed (those with an accuracy at ``max_epochs``):
+        their gains from an epoch ``s`` to the end, ``acc(max_epochs) - acc(s)``.
+        The trial's optimistic final point is its accuracy at ``step`` plus the
+        upper quartile of the gains from ``step``. It could not reach the front if
+        that point is dominated by the expected final point of a trial still in
+        the race that got at least as far: a completed trial's final accuracy, or a
+        running trial's latest accuracy (at an epoch ``s >= step``) plus the median
+        gain from ``s``. Pruned and failed trials are out of the race. With no
+        completed trial every trial is reachable.
+        """
+        done = [t for t in trials if self.max_epochs in t.intermediate_values]
+        if not done:
+            return True
+
+        def gain(epoch: int, q: float) -> float | None:
+            gains = [t.intermediate_values[self.max_epochs] - t.intermediate_values[epoch]
+                     for t in done if epoch in t.intermediate_values]
+            return float(np.quantile(gains, q)) if gains else None
+
+        optimistic = gain(step, self.OPTIMISTIC_GAIN)
+        if optimistic is None:
+            return True
+        acc, params = trial.intermediate_values[step] + optimistic, trial.user_attrs[PARAMS_ATTR]
+        for other in trials:
+            if other.number == trial.number or PARAMS_ATTR not in other.user_attrs or not other.intermediate_values:
+                continue
+            if other.state in (TrialState.PRUNED, TrialState.FAIL) or PRUNED_AT_ATTR in other.user_attrs:
+                continue
+            last = max(other.intermediate_values)
+            if last < step:
+                continue
+            later = 0.0 if last >= self.max_epochs else gain(last, self.TYPICAL_GAIN)
+            if later is None:
+                continue
+            value, size = other.intermediate_values[last] + later, other.user_attrs[PARAMS_ATTR]
+            if value >= acc and size <= params and (value > acc or size < params):
+                return False
+        return True
+
+
+def hypervolume_contributions(points: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Exclusive hypervolume contribution of each (minimised) point w.r.t. ``ref``; 0 for non-finite points."""
+    points = np.asarray(points, dtype=float)
+    ok = np.all(np.isfinite(points), axis=1)
+    out = np.zeros(len(points))
+    if not ok.any():
         return out
+    total = hypervolume_points(points[ok], ref)
+    for i in np.flatnonzero(ok):
+        rest = points[ok & (np.arange(len(points)) != i)]
+        out[i] = total - (hypervolume_points(rest, ref) if len(rest) else 0.0)
+    return out
 
 
 class _MaximiseAccuracyView:
@@ -179,7 +275,8 @@ def make_pruner(config: dict[str, Any], max_epochs: int) -> BasePruner:
     warmup = int(config.get("warmup_epochs", 0))
     if name == "pareto":
         return ParetoPruner(eta=eta, min_epochs=min_epochs, max_epochs=max_epochs,
-                            tie_break=config.get("tie_break", "crowding"))
+                            tie_break=config.get("tie_break", "fixed_hypervolume"),
+                            reach=bool(config.get("reach", True)))
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup)
     if name == "percentile":
@@ -229,7 +326,7 @@ class PrunerScheduler(FIFOScheduler):
         if frozen is None:
             return TrialScheduler.CONTINUE
         if self.pruner.prune(_MaximiseAccuracyView(self.study), frozen):
-            self.record.set_user_attr(number, "pruned_at_epoch", int(result["epoch"]))
+            self.record.set_user_attr(number, PRUNED_AT_ATTR, int(result["epoch"]))
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 

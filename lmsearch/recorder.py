@@ -15,11 +15,16 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from lmsearch import results
+from lmsearch.progress import ENDED, EPOCH, RETRY, STARTED, SearchProgress
 from lmsearch.space import SearchSpace
 from lmsearch.states import COMPLETE, FAILED, FINISHED, RUNNING, trial_outcome
 from lmsearch.trial_checkpoints import remove_checkpoint
 
 __all__ = ["TrialRecorder", "ray_trial_row"]
+
+# The progress printer of a search restored from Ray's state: Tuner.restore unpickles the
+# recorder the search started with, and a printer (a stream) is not part of its state.
+RESTORED_PROGRESS: SearchProgress | None = None
 
 _CURVE_KEYS = ("epoch", "train_loss", "val_acc", "val_loss", "images_per_s", "seconds")
 
@@ -81,10 +86,15 @@ def ray_trial_row(trial: Trial, space: SearchSpace, ending: str | None = None, e
 class TrialRecorder(Callback):
     """Writes trials.csv and curves.csv of ``exp_dir`` as results arrive."""
 
-    def __init__(self, space: SearchSpace, exp_dir: str | Path, earlier: list[dict[str, Any]] | None = None) -> None:
-        """``earlier``: rows of trials run by a previous Tuner (a search resumed from its study), kept as they are."""
+    def __init__(self, space: SearchSpace, exp_dir: str | Path, earlier: list[dict[str, Any]] | None = None,
+                 progress: SearchProgress | None = None) -> None:
+        """``earlier``: rows of trials run by a previous Tuner (a search resumed from its study), kept as they are.
+
+        ``progress``: told every trial event with the trial's row as written (None: silent).
+        """
         self.space, self.exp_dir = space, Path(exp_dir)
         self._earlier = list(earlier or [])
+        self.progress = progress
         self._read_folder()
 
     def _read_folder(self) -> None:
@@ -102,11 +112,26 @@ class TrialRecorder(Callback):
     # Tuner.restore unpickles this callback from the state saved when the search started; what
     # happened since is in the folder, so it is read again rather than taken from the pickle.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_ended", "_final", "_curves")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_ended", "_final", "_curves", "progress")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.progress = RESTORED_PROGRESS
         self._read_folder()
+
+    def _tell(self, kind: str, trial: Trial, rows: list[dict[str, Any]]) -> None:
+        if self.progress is not None:
+            row = next((r for r in rows if r["trial_id"] == trial.trial_id), None)
+            if row is not None:
+                self.progress.event(kind, {**row, "error_file": trial.error_file})
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        if self.progress is not None and "spec" in trial.config:
+            self.progress.event(STARTED, ray_trial_row(trial, self.space, ended=False))
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        if self.progress is not None and "spec" in trial.config:
+            self.progress.event(RETRY, ray_trial_row(trial, self.space, ended=False))
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         if result.get("epoch", 0) >= 1:
@@ -114,16 +139,18 @@ class TrialRecorder(Callback):
             row.update({k: result.get(k) for k in _CURVE_KEYS})
             self._curves[(trial.trial_id, int(result["epoch"]))] = row
             results.write_curves(self.exp_dir, list(self._curves.values()))
-        self.write_trials(trials, latest=(trial.trial_id, result))
+        rows = self.write_trials(trials, latest=(trial.trial_id, result))
+        if result.get("epoch", 0) >= 1:
+            self._tell(EPOCH, trial, rows)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._ended.add(trial.trial_id)
-        self.write_trials(trials, ending=(trial.trial_id, "complete"))
+        self._tell(ENDED, trial, self.write_trials(trials, ending=(trial.trial_id, "complete")))
         self._forget_checkpoint(trial)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._ended.add(trial.trial_id)
-        self.write_trials(trials, ending=(trial.trial_id, "error"))
+        self._tell(ENDED, trial, self.write_trials(trials, ending=(trial.trial_id, "error")))
         self._forget_checkpoint(trial)
 
     def _forget_checkpoint(self, trial: Trial) -> None:
@@ -135,8 +162,11 @@ class TrialRecorder(Callback):
         self.write_trials(trials)
 
     def write_trials(self, trials: list[Trial], ending: tuple[str, str] | None = None,
-                     latest: tuple[str, dict[str, Any]] | None = None) -> None:
-        """``latest``: (trial id, the result Ray is reporting and has not stored in the trial yet)."""
+                     latest: tuple[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Write trials.csv; returns this run's rows.
+
+        ``latest``: (trial id, the result Ray is reporting and has not stored in the trial yet).
+        """
         ended_id, how = ending or (None, None)
         new_id, new = latest or (None, None)
         rows = [self._final[t.trial_id] if t.trial_id in self._final and t.trial_id != ended_id else
@@ -144,3 +174,4 @@ class TrialRecorder(Callback):
                               new if t.trial_id == new_id else None)
                 for t in trials if "spec" in t.config]
         results.write_trials_table(self.exp_dir, self._earlier + rows)
+        return rows

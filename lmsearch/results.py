@@ -42,7 +42,8 @@ seed                        Int64       the trial's seed
 error                       string      <NA> unless FAILED
 ==========================  ==========  =========================================
 
-ArchSpec columns: ``scheme, block, shortcut, noise, lm_k, stem`` string;
+ArchSpec columns: ``scheme, block, shortcut, noise, lm_k, stem, base`` string
+(``base`` <NA> but for a torchvision base);
 ``depth, width, groups, group_width, in_channels, num_classes`` Int64;
 ``preact`` boolean; ``noise_prob`` float64; ``stages`` and ``lm_k_init``
 JSON strings (``stages`` <NA> when derived from the depth).
@@ -109,10 +110,11 @@ EXPERIMENT_FILE = "experiment.json"
 TRIALS_FILE = "trials.csv"
 CURVES_FILE = "curves.csv"
 PARETO_FILE = "pareto.csv"
+PARETO_PLOT = "pareto.png"
 STUDY_FILE = "study.db"
 SPACE_FILE = "space.yaml"
 #: The files a search keeps in an experiment folder (what no other output may overwrite).
-EXPERIMENT_FILES = (EXPERIMENT_FILE, TRIALS_FILE, CURVES_FILE, PARETO_FILE, STUDY_FILE, SPACE_FILE)
+EXPERIMENT_FILES = (EXPERIMENT_FILE, TRIALS_FILE, CURVES_FILE, PARETO_FILE, PARETO_PLOT, STUDY_FILE, SPACE_FILE)
 
 
 def check_output_file(path: PathLike, what: str) -> Path:
@@ -150,6 +152,7 @@ _ARCH_DTYPES: dict[str, str] = {
     "in_channels": _INT,
     "num_classes": _INT,
     "stem": _STR,
+    "base": _STR,
 }
 ARCH_COLUMNS: tuple[str, ...] = tuple(_ARCH_DTYPES)
 
@@ -346,19 +349,25 @@ def write_pareto(
     if rows is None:
         df = load_results(exp)
         if objectives is None:
-            objectives = _experiment_objectives(read_experiment(exp))
+            objectives = experiment_objectives(read_experiment(exp), exp / EXPERIMENT_FILE)
         rows = pareto_front(df, objectives)
     path = exp / PARETO_FILE
     _write_table(path, TRIAL_COLUMNS, rows, ignore=("experiment",))
     return path
 
 
-def _experiment_objectives(meta: Mapping[str, Any]) -> list[tuple[str, str]] | None:
-    """experiment.json's objectives as ``[(column, direction)]`` or None if absent."""
+def experiment_objectives(meta: Mapping[str, Any], where: PathLike = EXPERIMENT_FILE) -> list[tuple[str, str]]:
+    """experiment.json's objectives as ``[(column, "max"|"min")]``; val_acc max / params min when absent.
+
+    Raises :class:`ExperimentFolderError` naming ``where`` when they are malformed.
+    """
+    from lmsearch.pareto import DEFAULT_OBJECTIVES, normalize_objectives
+
     objs = meta.get("objectives")
-    if not objs:
-        return None
-    return [(o["name"], o["direction"]) for o in objs]
+    try:
+        return normalize_objectives([(o["name"], o["direction"]) for o in objs] if objs else DEFAULT_OBJECTIVES)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ExperimentFolderError(f"{where}: bad objectives {objs!r} ({exc})") from None
 
 
 # =========================================================================== reading

@@ -1,20 +1,25 @@
-"""The distributed scheme search: a space file in, an experiment folder out.
+r"""The distributed scheme search: a space file in, an experiment folder out.
 
     space.yaml -> load_space -> StudySearcher (Optuna, define-by-run, study.db)
                -> Ray Tune Tuner (train_trial per configuration, data in the object store)
                -> TrialRecorder -> results/<name>/{trials,curves,pareto}.csv
 
-Example (one trial of the main job's space, in a temporary folder):
-    >>> import tempfile, lmsearch
+Example (two one-epoch trials on 256 images, in a temporary folder):
+    >>> import pathlib, tempfile, lmsearch
     >>> from lmsearch.search import run_search
-    >>> out = tempfile.mkdtemp() + "/quick"
-    >>> exp_dir = run_search("search_spaces/fashion_quick.yaml", out=out, num_samples=1, verbose=0)  # doctest: +ELLIPSIS
-    <BLANKLINE>
-    1 trial: 1 completed, 0 pruned, 0 failed
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "tiny.yaml").write_text(
+    ...     "dataset: {name: fashion-mnist, subset: 256}\n"
+    ...     "architecture: {scheme: [euler, lm], depth: 14, width: 4}\n"
+    ...     "search: {sampler: random, num_samples: 2}\n")
+    >>> exp_dir = run_search(folder / "tiny.yaml", out=folder / "exp")  # doctest: +ELLIPSIS
+    [   0:0...] trial 0 started: euler-14 w4 lr 0.1
     ...
+    2 trials: 2 completed, 0 pruned, 0 failed...
+    Pareto front of .../exp: ...
     >>> df = lmsearch.load_results(exp_dir)
-    >>> len(df), list(df.state)
-    (1, ['COMPLETE'])
+    >>> list(df.scheme), list(df.state)
+    (['euler', 'lm'], ['COMPLETE', 'COMPLETE'])
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import logging
 import os
 import shutil
 import socket
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +50,6 @@ RAY_DIR = "ray"
 TUNE_NAME = "tune"
 SPACE_COPY = results.SPACE_FILE
 STUDY_FILE = results.STUDY_FILE
-FRONT_COLUMNS = ["number", "scheme", "depth", "width", "block", "noise", "params", "val_acc", "test_acc"]
 
 
 class SearchError(RuntimeError):
@@ -146,7 +152,8 @@ def run_search(
     resume: bool = False,
     node_ip: str | None = DEFAULT_NODE_IP,
     name: str | None = None,
-    verbose: int = 1,
+    verbose: int = 0,
+    progress: bool = True,
 ) -> Path:
     """Run (or ``resume``) the search a space file describes; returns the experiment folder.
 
@@ -164,6 +171,10 @@ def run_search(
             marked FAILED and their configurations run again, from their epoch
             checkpoint in ``out/checkpoints/`` when there is one (else from epoch 0).
             A FAILED trial is final: it is not run again.
+        verbose: 0 (default): no output from Ray but warnings; 1: Ray Tune's status table
+            of every trial every 30 s and the trials' own output; 2, 3: more of Ray's detail.
+        progress: one line per trial event (started, epoch, pruned, completed, failed) with
+            the counts, the front size and the estimated time left.
 
     Raises:
         SearchError: the search cannot start (folder, data, cluster, resources); a new
@@ -198,8 +209,9 @@ def run_search(
             space = dataclasses.replace(space, pruner={"name": pruner})
         if resume:
             _check_study(exp_dir, space.name)
-        return _run(space, exp_dir, space_file=None if resume else Path(space_path), address=address,
-                    resume=resume, node_ip=node_ip, verbose=verbose)
+        with _library_output(verbose):
+            return _run(space, exp_dir, space_file=None if resume else Path(space_path), address=address,
+                        resume=resume, node_ip=node_ip, verbose=verbose, progress=progress)
     finally:
         held = lock.held
         lock.release()
@@ -285,8 +297,37 @@ def _undo_start(exp_dir: Path, existed: set[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
+class _DropTrialErrors(logging.Filter):
+    """Ray's log of a failed trial (a traceback) and of the trials that did not complete: the
+    progress lines and the summary say both, and the traceback stays in the trial's error.txt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Trial task failed", "Trials did not complete"))
+
+
+@contextlib.contextmanager
+def _library_output(verbose: int) -> Any:
+    """Below ``verbose`` 1, Optuna says only warnings and Ray does not repeat what the progress lines say."""
+    if verbose >= 1:
+        yield
+        return
+    import optuna
+
+    level, drop = optuna.logging.get_verbosity(), _DropTrialErrors()
+    loggers = [logging.getLogger(name) for name in ("ray.tune.execution.tune_controller", "ray.tune.tune")]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
 def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address: str | None, resume: bool,
-         node_ip: str | None, verbose: int) -> Path:
+         node_ip: str | None, verbose: int, progress: bool) -> Path:
     """Check the data, the cluster and the resources, then run the Tuner.
 
     Until the Tuner runs, a new search that fails removes what it wrote (``space_file``'s
@@ -300,11 +341,15 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
     import ray
     from ray import tune
 
-    from lmsearch.recorder import TrialRecorder
+    from lmsearch import recorder
+    from lmsearch.progress import SearchProgress
     from lmsearch.searcher import StudySearcher
     from lmsearch.trainable import make_trainable
 
+    began_at = time.monotonic()
     data = _load_data(space)  # before Ray starts: a data error leaves nothing behind
+    for note in space.notes:
+        print(f"lmsearch: {note}")
     _check_address(address)
     created = results.read_experiment(exp_dir).get("created") if resume else None
     created = created or _dt.datetime.now().isoformat(timespec="seconds")
@@ -314,7 +359,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
     status = "interrupted"
     try:
         try:
-            init_ray(address, node_ip=node_ip)
+            init_ray(address, node_ip=node_ip, log_to_driver=verbose >= 1)
         except ConnectionError as exc:
             where = f" at --address {address}" if address else ""
             raise SearchError(f"cannot connect to the Ray cluster{where}: {exc}") from None
@@ -330,16 +375,19 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
                                           num_classes=data.info.num_classes, fresh=not resume)
             if from_study:
                 to_run, earlier = _continue_from_study(searcher, space, exp_dir)
+        lines = SearchProgress(space.num_samples, space.epochs, [(o.name, o.direction) for o in space.objectives],
+                               earlier=earlier or results.read_trial_rows(exp_dir)) if progress else None
         run_config = tune.RunConfig(
             name=TUNE_NAME,
             storage_path=str(exp_dir / RAY_DIR),
-            callbacks=[TrialRecorder(space, exp_dir, earlier)],
+            callbacks=[recorder.TrialRecorder(space, exp_dir, earlier, progress=lines)],
             failure_config=tune.FailureConfig(max_failures=space.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            progress_reporter=_reporter(space),
+            progress_reporter=_reporter(space) if verbose >= 1 else None,
             verbose=verbose,
         )
         if resume and not from_study:
+            recorder.RESTORED_PROGRESS = lines  # Tuner.restore unpickles the first run's recorder
             tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False)
         elif to_run == 0:
@@ -371,6 +419,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
             raise SearchInterrupted(exp_dir) from None
         raise
     finally:
+        recorder.RESTORED_PROGRESS = None
         if began:
             results.write_experiment(exp_dir, _experiment_meta(space, status, created))
         if started_here:
@@ -378,11 +427,14 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
         if undo:
             _undo_start(exp_dir, existed)
     from lmsearch.pareto import pareto_front
+    from lmsearch.progress import search_summary
 
+    objectives = [(o.name, o.direction) for o in space.objectives]
     table = results.load_results(exp_dir)
-    front = pareto_front(table, [(o.name, o.direction) for o in space.objectives])
-    results.write_pareto(exp_dir, front)
-    _print_front(front, exp_dir, status, table)
+    results.write_pareto(exp_dir, pareto_front(table, objectives))
+    plot = _write_front_plot(exp_dir, table, objectives)
+    print(search_summary(exp_dir, table, objectives, finished=status == "finished", plot=plot,
+                         wall_s=time.monotonic() - began_at))
     if status != "finished":
         raise SearchInterrupted(exp_dir)
     return exp_dir
@@ -397,8 +449,6 @@ def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path) -> tu
     the number of trials left to run and the earlier trials.csv rows, with the
     rows of unfinished trials marked FAILED.
     """
-    from lmsearch.states import COMPLETE, FAILED, PRUNED, RUNNING
-
     searcher.reconcile_orphans()
     finished = searcher.finished_outcomes()
     rows = results.read_trial_rows(exp_dir)
@@ -448,26 +498,16 @@ def _reporter(space: SearchSpace) -> Any:
     )
 
 
-def _trial_counts(table: Any) -> str:
-    """``"5 trials: 2 completed, 1 pruned, 2 failed"`` (and how many are unfinished) of a trials table."""
-    counts = table["state"].value_counts()
-    parts = [f"{counts.get(COMPLETE, 0)} completed", f"{counts.get(PRUNED, 0)} pruned",
-             f"{counts.get(FAILED, 0)} failed"]
-    if counts.get(RUNNING, 0):
-        parts.append(f"{counts.get(RUNNING)} unfinished")
-    return f"{len(table)} trial{'s' if len(table) != 1 else ''}: {', '.join(parts)}"
+def _write_front_plot(exp_dir: Path, table: Any, objectives: list[tuple[str, str]]) -> Path | None:
+    """pareto.png of the experiment (seed means where seeds repeat); None when it cannot be drawn."""
+    if len(objectives) < 2 or not (table.get("state") == COMPLETE).any():
+        return None
+    from lmsearch.pareto import front_table
+    from lmsearch.plots import plot_pareto
 
-
-def _print_front(front: Any, exp_dir: Path, status: str, table: Any) -> None:
-    cols = [c for c in FRONT_COLUMNS if c in front.columns]
-    print(f"\n{_trial_counts(table)}")
-    failed = table[table["state"] == FAILED]
-    if len(failed) and not (table["state"] == COMPLETE).any():
-        first = failed.iloc[0]
-        print(f"no trial completed; the first failure (trial {first['number']}): {first['error']}")
-    print(f"\nPareto front ({len(front)} architectures) of {exp_dir}:")
-    if len(front):
-        print(front[cols].sort_values("params").to_string(index=False))
-    if status != "finished":
-        print(f"\nThe search did not finish; continue it with: lmsearch search {exp_dir / SPACE_COPY} "
-              f"--out {exp_dir} --resume")
+    try:
+        return plot_pareto(front_table(table)[0], exp_dir / results.PARETO_PLOT, objectives=objectives,
+                           title=exp_dir.name)
+    except (OSError, ValueError) as exc:  # the tables are written; a plot is not worth failing the search
+        print(f"lmsearch: could not draw {exp_dir / results.PARETO_PLOT}: {exc}", file=sys.stderr)
+        return None

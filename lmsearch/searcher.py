@@ -27,7 +27,7 @@ from lmsearch.results import STUDY_FILE
 from lmsearch.space import SearchSpace
 from lmsearch.states import COMPLETE, FAILED, PRUNED, ROW_STATE_OF_OPTUNA, trial_outcome
 
-__all__ = ["StudySearcher", "StudyRecord", "make_sampler", "study_storage_url", "EPOCH_METRIC", "PARAMS_ATTR",
+__all__ = ["StudySearcher", "StudyRecord", "make_sampler", "scheme_startup", "study_storage_url", "EPOCH_METRIC", "PARAMS_ATTR",
            "DEPTH_ATTR"]
 
 #: The per-epoch result recorded as a trial's intermediate value (its learning curve; what pruners judge).
@@ -162,11 +162,25 @@ class _DefineByRun:
         from lmsearch.nn.counting import count_params
 
         sampled = self.space.suggest(trial)
-        spec = self.space.arch_spec(sampled["arch"], in_channels=self.in_channels, num_classes=self.num_classes)
+        # canonical: an lm net that the space's other choices leave without an LM step is the euler net
+        spec = self.space.arch_spec(sampled["arch"], in_channels=self.in_channels,
+                                    num_classes=self.num_classes).canonical()
         # run: the trial number of the training run this trial is (a configuration queued again after an
         # interruption continues the run of the trial it replaces; lmsearch.trial_checkpoints names files by it)
         run = trial.user_attrs.get(REQUEUED_ATTR, trial.number)
         return {**sampled, "spec": spec.to_dict(), "params": count_params(spec), "number": trial.number, "run": run}
+
+
+def scheme_startup(space: SearchSpace) -> list[dict[str, Any]]:
+    """The first trials of a sampled (not grid) search: one per scheme, in the space's order.
+
+    A sampler's random start-up can miss a scheme altogether (TPE never drew euler in one
+    20-trial run of the main job, so the ResNet baseline was missing from its front); this
+    design makes every scheme part of every search. Only ``scheme`` is fixed; the sampler
+    draws the rest of each trial.
+    """
+    schemes = space.arch["scheme"].choices or ()
+    return [{"scheme": s} for s in schemes] if len(schemes) > 1 else []
 
 
 class StudySearcher(Searcher):
@@ -178,7 +192,8 @@ class StudySearcher(Searcher):
     number of the trial whose training run it is: its own, or for a configuration
     queued again after an interruption, the interrupted trial's).
     Architectures get the loaded dataset's ``in_channels`` and ``num_classes``.
-    ``fresh`` enqueues a grid space's points; a resumed search finds them in the study.
+    ``fresh`` enqueues a grid space's points, or for a sampled space one trial per scheme
+    (:func:`scheme_startup`); a resumed search finds them in the study.
 
     Its saved state (``save``/``restore``, used by ``Tuner.restore``) is which
     Ray trial is which Optuna trial, and the sampler; everything else is in the study.
@@ -197,6 +212,9 @@ class StudySearcher(Searcher):
         self._study: optuna.Study | None = None
         if fresh and space.sampler == "grid":
             for point in space.grid():
+                self.study.enqueue_trial(point)
+        elif fresh:
+            for point in scheme_startup(space):
                 self.study.enqueue_trial(point)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -15,7 +15,20 @@ Parameter forms::
 
 Conditional parameters: ``noise_prob`` is sampled only when noise is
 stochastic_depth, ``groups``/``group_width`` only when block is resnext and
-``lm_k`` only when the scheme is lm.
+``lm_k`` and ``k_init`` (``zero`` or ``paper``: k_n starting at 0 or drawn from
+U(-0.1, 0)) only when the scheme is lm. Without ``k_init`` an lm net of
+lmsearch's own starts from ``paper`` (ArchSpec's default, as always), an lm net
+on a torchvision ``base`` from ``zero`` (as :func:`lmsearch.to_lm` and
+``lmsearch train torchvision:NAME --lm``: it starts as the original network).
+
+A torchvision network as the base (:func:`lmsearch.to_lm`)::
+
+    architecture: {base: torchvision:resnet18, scheme: [euler, lm], k_init: [zero, paper],
+                   noise: [none, stochastic_depth], noise_prob: 0.2}
+
+searches scheme x k-init x stochastic depth (and ``lm_k``) on that one base;
+the base sets depth, width, stages, block, groups, group_width, preact,
+shortcut and stem, so the file gives none of them.
 
 Your own images: ``dataset: {name: folder, data_dir: DIR, image_size: 64}``
 with ``DIR/train/<class>/<image>`` and ``DIR/val/<class>/<image>`` (or
@@ -37,7 +50,7 @@ import re
 import reprlib
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -89,7 +102,7 @@ MAX_MESSAGE = 1_000
 
 # Architecture fields a space may set; the ArchSpec defaults fill the rest.
 ARCH_KEYS = ("scheme", "depth", "width", "block", "groups", "group_width", "preact", "shortcut",
-             "noise", "noise_prob", "lm_k", "stages", "stem")
+             "noise", "noise_prob", "lm_k", "stages", "stem", "base", "k_init")
 TRAIN_KEYS = ("lr", "weight_decay", "batch_size", "momentum", "nesterov", "label_smoothing",
               "schedule", "warmup_epochs", "seed", "bn_recalibration")
 _TRAIN_DEFAULTS: dict[str, Any] = {"lr": 0.1, "weight_decay": 5e-4, "batch_size": 128, "momentum": 0.9,
@@ -100,6 +113,7 @@ _CONDITIONS = {  # parameter -> (field it depends on, values that switch it on)
     "groups": ("block", ("resnext",)),
     "group_width": ("block", ("resnext",)),
     "lm_k": ("scheme", ("lm",)),
+    "k_init": ("scheme", ("lm",)),
 }
 _TOP_KEYS = ("name", "dataset", "budget", "objectives", "max_params", "architecture", "training",
              "search", "resources")
@@ -225,6 +239,7 @@ class SearchSpace:
     image_size: int | None = None
     test_fraction: float | None = None
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    notes: tuple[str, ...] = field(compare=False, default=())
 
     def dataset_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`lmsearch.data.load_dataset` for this space's data."""
@@ -292,8 +307,8 @@ class SearchSpace:
         return points
 
     def arch_spec(self, arch: dict[str, Any], *, in_channels: int, num_classes: int) -> ArchSpec:
-        """The ArchSpec of a sampled architecture for a dataset's shape."""
-        return ArchSpec(**arch, in_channels=in_channels, num_classes=num_classes)
+        """The ArchSpec of a sampled architecture for a dataset's shape (a ``k_init`` name becomes ``lm_k_init``)."""
+        return ArchSpec(**_spec_fields(arch), in_channels=in_channels, num_classes=num_classes)
 
     @property
     def metric_names(self) -> list[str]:
@@ -302,6 +317,16 @@ class SearchSpace:
     @property
     def modes(self) -> list[str]:
         return [o.mode for o in self.objectives]
+
+
+def _spec_fields(arch: dict[str, Any]) -> dict[str, Any]:
+    """ArchSpec fields of a space's architecture values: ``k_init`` (a name) becomes the ``lm_k_init`` pair."""
+    if "k_init" not in arch:
+        return arch
+    from lmsearch.arch import lm_k_init_range
+
+    fields = {k: v for k, v in arch.items() if k != "k_init"}
+    return {**fields, "lm_k_init": lm_k_init_range(arch["k_init"])}
 
 
 # --------------------------------------------------------------------------- reading the file
@@ -574,6 +599,10 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
 
     arch, depth_by_scheme = _parse_architecture(r, top.get("architecture"))
     train = _parse_training(r, top.get("training"))
+    warmup = max(train["warmup_epochs"].values())
+    if warmup > epochs:
+        raise r.fail("training.warmup_epochs", f"{_echo(warmup)} is longer than budget.epochs ({epochs}): the "
+                                               f"rate would never reach lr; use at most {epochs}")
 
     search = r.mapping(top.get("search"), "search", ("sampler", "num_samples", "seed", "pruner", "max_concurrent"))
     sampler = r.choice(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)
@@ -599,6 +628,7 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
         max_concurrent=max_concurrent, raw=doc,
     )
     n_archs = _check_architectures(r, space, num_classes)
+    space, n_archs = _without_lm_duplicates(r, space, num_classes, n_archs)
     if sampler == "grid":
         _check_grid(r, space, n_archs)
         default_samples = len(space.grid())
@@ -758,7 +788,7 @@ def _parse_objectives(r: _Reader, value: Any) -> tuple[Objective, ...]:
 
 
 def _arch_checkers(r: _Reader) -> dict[str, Any]:
-    from lmsearch.arch import BLOCKS, LM_K_MODES, NOISES, SHORTCUTS, STEMS
+    from lmsearch.arch import BLOCKS, LM_K_INITS, LM_K_MODES, NOISES, SHORTCUTS, STEMS, TORCHVISION_BASES
     from lmsearch.nn.registry import scheme_names
 
     def of(allowed: tuple[str, ...]) -> Any:
@@ -779,6 +809,7 @@ def _arch_checkers(r: _Reader) -> dict[str, Any]:
         "lm_k": of(LM_K_MODES), "stem": of(STEMS), "depth": integer(3, MAX_DEPTH), "width": integer(1, MAX_WIDTH),
         "groups": integer(1, MAX_GROUPS), "group_width": integer(1, MAX_GROUPS), "preact": r.boolean,
         "noise_prob": lambda v, k: r.number(v, k, low=0, high=1, low_open=True, high_open=True), "stages": stages,
+        "base": of(tuple(TORCHVISION_BASES)), "k_init": of(tuple(LM_K_INITS)),
     }
 
 
@@ -798,6 +829,8 @@ def _parse_architecture(r: _Reader, value: Any) -> tuple[dict[str, Param], dict[
         param = r.param(raw, path, checkers[key], "float" if key == "noise_prob" else None)
         arch[key] = param
     arch.setdefault("scheme", Param("scheme", choices=("euler",)))
+    if "base" in arch:
+        arch = _base_architecture(r, arch, section)
     raw_depth = section.get("depth")
     if isinstance(raw_depth, dict) and not ({"low", "high", "choices"} & set(raw_depth)):
         schemes = arch["scheme"].choices or ()
@@ -815,6 +848,27 @@ def _parse_architecture(r: _Reader, value: Any) -> tuple[dict[str, Param], dict[
             if k not in arch:
                 raise r.fail(f"architecture.{k}", "is required when block may be resnext")
     return arch, depth_by_scheme
+
+
+def _base_architecture(r: _Reader, arch: dict[str, Param], section: dict[str, Any]) -> dict[str, Param]:
+    """The parameters of a space on a torchvision base: one base, which fixes the structure (and the depth)."""
+    from lmsearch.arch import BASE_FIELDS, BASE_NOISES, BASE_SCHEMES, TORCHVISION_BASES
+
+    base = arch["base"].choices or ()
+    if len(base) != 1:
+        raise r.fail("architecture.base", f"give one base, not a list of {len(base)}; search one base per space")
+    given = [k for k in BASE_FIELDS if k in section]
+    if given:
+        raise r.fail(f"architecture.{given[0]}", f"is set by the base {base[0]}; remove it (a base fixes "
+                                                 f"{', '.join(BASE_FIELDS)})")
+    for key, allowed in (("scheme", BASE_SCHEMES), ("noise", BASE_NOISES)):
+        for i, value in enumerate(arch[key].choices or () if key in arch else ()):
+            if value not in allowed:
+                at = f"architecture.{key}" if arch[key].is_fixed else f"architecture.{key}[{i}]"
+                raise r.fail(at, f"{_echo(value)} is not allowed with a base; allowed: {', '.join(allowed)}")
+    depth = TORCHVISION_BASES[base[0]]["depth"]
+    k_init = {} if "k_init" in arch else {"k_init": Param("k_init", choices=("zero",))}  # as to_lm and the CLI
+    return {**arch, "depth": Param("depth", choices=(depth,)), **k_init}
 
 
 def _parse_training(r: _Reader, value: Any) -> dict[str, Param]:
@@ -843,7 +897,7 @@ def _parse_pruner(r: _Reader, value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = {"name": value}
     value = r.mapping(value, "search.pruner", ("name", "eta", "min_epochs", "percentile", "warmup_epochs",
-                                               "tie_break"))
+                                               "tie_break", "reach"))
     out = {"name": r.choice(value.get("name", "none"), "search.pruner.name", PRUNERS)}
     if "eta" in value:
         out["eta"] = r.number(value["eta"], "search.pruner.eta", integer=True, low=2, high=1000)
@@ -854,7 +908,10 @@ def _parse_pruner(r: _Reader, value: Any) -> dict[str, Any]:
     if "percentile" in value:
         out["percentile"] = r.number(value["percentile"], "search.pruner.percentile", low=0, high=100)
     if "tie_break" in value:
-        out["tie_break"] = r.choice(value["tie_break"], "search.pruner.tie_break", ("crowding", "hypervolume"))
+        out["tie_break"] = r.choice(value["tie_break"], "search.pruner.tie_break",
+                                    ("fixed_hypervolume", "crowding", "hypervolume"))
+    if "reach" in value:
+        out["reach"] = r.boolean(value["reach"], "search.pruner.reach")
     return out
 
 
@@ -886,7 +943,7 @@ def _check_architectures(r: _Reader, space: SearchSpace, num_classes: int) -> in
         count += 1
         where = ", ".join(f"{k}={arch[k]}" for k in ("scheme", "block", "width", "depth") if k in arch)
         try:
-            spec = ArchSpec(**arch, in_channels=in_channels, num_classes=num_classes)
+            spec = ArchSpec(**_spec_fields(arch), in_channels=in_channels, num_classes=num_classes)
         except ValueError as exc:
             field_name = str(exc).split(" ", 1)[0]  # ArchSpec messages start with the field name
             if field_name == "depth" and space.depth_by_scheme:
@@ -906,6 +963,42 @@ def _check_architectures(r: _Reader, space: SearchSpace, num_classes: int) -> in
     if not within_budget:
         raise r.fail("max_params", f"no architecture of the space has <= {space.max_params} parameters")
     return count
+
+
+def _without_lm_duplicates(r: _Reader, space: SearchSpace, num_classes: int,
+                           n_archs: int) -> tuple[SearchSpace, int]:
+    """Take out lm depths that give no LM step (one step per stage): those nets are the euler nets.
+
+    They would cost trials for networks the space already has (or, without euler in it,
+    would be reported as LM nets with no k). The space gets per-scheme depths and a note.
+    Returns the space and its architecture count.
+    """
+    schemes = space.arch["scheme"].choices or ()
+    if "lm" not in schemes:
+        return space, n_archs
+    in_channels = DATASET_SHAPES[space.dataset][0]
+    has_step: dict[int, bool] = {}
+    for _, arch in space.arch_points():
+        if arch["scheme"] == "lm":
+            steps = ArchSpec(**_spec_fields(arch), in_channels=in_channels, num_classes=num_classes).lm_steps
+            has_step[arch["depth"]] = has_step.get(arch["depth"], False) or steps > 0
+    dropped = sorted(d for d, ok in has_step.items() if not ok)
+    if not dropped:
+        return space, n_archs
+    by_scheme = dict(space.depth_by_scheme or {s: space.arch["depth"] for s in schemes})
+    kept = tuple(d for d in by_scheme["lm"].choices or () if d not in dropped)
+    where = "architecture.depth.lm" if space.depth_by_scheme else "architecture.depth"
+    listed = ", ".join(map(str, dropped))
+    if not kept:
+        raise r.fail(where, f"lm at depth {listed} has one step per stage, so no LM step (a stage's first step is "
+                            f"an Euler step): it is the euler net of that depth; give lm a depth with two or more "
+                            f"steps per stage (e.g. 14 or 20 for basic blocks) or leave lm out")
+    by_scheme["lm"] = replace(by_scheme["lm"], choices=kept)
+    arch = {k: v for k, v in space.arch.items() if k != "depth"}
+    note = (f"{where}: lm at depth {listed} left out: one step per stage means no LM step, so it is the euler "
+            f"net of that depth" + (" (in the space as euler)" if "euler" in schemes else ""))
+    space = replace(space, arch=arch, depth_by_scheme=by_scheme, notes=(*space.notes, note))
+    return space, sum(1 for _ in space.arch_points())
 
 
 def _min_params(spec: ArchSpec) -> int:

@@ -128,6 +128,8 @@ class TrainConfig:
         check(number("weight_decay") >= 0, "weight_decay must be >= 0", self.weight_decay)
         check(0 <= number("label_smoothing") < 1, "label_smoothing must be in [0, 1)", self.label_smoothing)
         check(number("warmup_epochs") >= 0, "warmup_epochs must be >= 0", self.warmup_epochs)
+        check(self.warmup_epochs <= max(self.epochs, 1), f"warmup_epochs must be <= epochs ({self.epochs}): "
+              f"a longer warm-up never reaches lr", self.warmup_epochs)
         check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}", self.schedule)
         check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
               "device must be cpu, cuda, cuda:N or auto", self.device)

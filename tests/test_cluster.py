@@ -37,7 +37,7 @@ SPACE = """
     name: cluster
     dataset: {name: fashion-mnist, subset: 1024}
     budget: {epochs: 3}
-    architecture: {scheme: [euler, lm], depth: [8, 14], width: 4}
+    architecture: {scheme: [euler, poly], depth: [8, 14], width: 4}
     training: {batch_size: 64}
     search: {sampler: grid}
     resources: {cpu: 1}

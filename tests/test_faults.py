@@ -25,7 +25,7 @@ def test_killed_worker_is_retried_from_its_last_checkpoint(tmp_path: Path) -> No
         name: kill
         dataset: {name: fashion-mnist, subset: 256}
         budget: {epochs: 3}
-        architecture: {scheme: lm, depth: 8, width: 4}
+        architecture: {scheme: lm, depth: 14, width: 4}
         training: {batch_size: 64}
         search: {sampler: random, num_samples: 2, seed: 0, max_concurrent: 1}
         resources: {cpu: 1, max_failures: 1}

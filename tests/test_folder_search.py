@@ -74,7 +74,7 @@ name: {name}
 dataset: {{name: folder, data_dir: {root}, image_size: {size}, val_fraction: 0.2}}
 budget: {{epochs: 1}}
 architecture:
-  scheme: [euler, lm]
+  scheme: [euler, poly]
   depth: 8
   width: 4
 training:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import optuna
 import pytest
+from optuna.trial import FrozenTrial, TrialState
 from ray.tune.schedulers import TrialScheduler
 
 from lmsearch.pruning import ParetoPruner, PrunerScheduler, make_pruner, make_scheduler, rungs
@@ -29,10 +30,111 @@ def test_pareto_order_hand_worked() -> None:
     # dominated by c, e=(0.70, 70) by everything. Crowding on front 0: a and b are extremes (inf),
     # c is inner. So the order is a, b (arrival order among equal inf), c, then d, then e.
     pts = np.array([[0.90, 100], [0.80, 10], [0.85, 50], [0.80, 60], [0.70, 70]])
-    pruner = ParetoPruner(eta=3, max_epochs=9)
+    pruner = ParetoPruner(eta=3, max_epochs=9, tie_break="crowding")
     assert pruner.order(pts).tolist() == [0, 1, 2, 3, 4]
     # ceil(5/3) = 2 survive: a and b; c, although on the front, is cut by crowding.
     assert [pruner.survives(pts, i) for i in range(5)] == [True, True, False, False, False]
+
+
+def test_fixed_hypervolume_order_hand_worked() -> None:
+    # The same points, default tie-break. Frame: accuracy as is (reference 0), parameters / 100
+    # (the largest net; reference 1.1). Front 0 sorted by size: b (0.1, 0.80), c (0.5, 0.85),
+    # a (1.0, 0.90); exclusive areas: b (0.5 - 0.1) * (0.80 - 0) = 0.32, c (1.0 - 0.5) *
+    # (0.85 - 0.80) = 0.025, a (1.1 - 1.0) * (0.90 - 0.85) = 0.005. So b, c, a, then d, e.
+    pts = np.array([[0.90, 100], [0.80, 10], [0.85, 50], [0.80, 60], [0.70, 70]])
+    pruner = ParetoPruner(eta=3, max_epochs=9)
+    assert pruner.tie_break == "fixed_hypervolume" and pruner.reach
+    assert pruner.order(pts).tolist() == [1, 2, 0, 3, 4]
+    # ceil(5/3) = 2 go on: b and c; a, the largest net, adds least and is cut (crowding kept it).
+    assert [pruner.survives(pts, i) for i in range(5)] == [False, True, True, False, False]
+    # Scaled by a larger net sampled elsewhere (1000 params), the areas along the size axis are
+    # b 0.04 * 0.80 = 0.032, c 0.05 * 0.05 = 0.0025, a (1.1 - 0.1) * 0.05 = 0.05: a first.
+    assert pruner.order(pts, largest=1000).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_fixed_hypervolume_keeps_the_accurate_one_of_two_incomparable_nets() -> None:
+    # Two nets, neither dominates: 50 params at 40% and 60 params at 70%; one goes on (eta 2).
+    # Normalised over the front itself (tie_break hypervolume) both contribute 0.1 and crowding
+    # gives both inf, so the first to arrive is kept. In the fixed frame (largest net 1000):
+    # small (0.06 - 0.05) * 0.40 = 0.004, large (1.1 - 0.06) * (0.70 - 0.40) = 0.312.
+    pts = np.array([[0.40, 50], [0.70, 60]])
+    assert ParetoPruner(eta=2, max_epochs=8).order(pts, largest=1000).tolist() == [1, 0]
+    assert not ParetoPruner(eta=2, max_epochs=8).survives(pts, 0, largest=1000)
+    assert ParetoPruner(eta=2, max_epochs=8, tie_break="hypervolume").order(pts).tolist() == [0, 1]
+    assert ParetoPruner(eta=2, max_epochs=8, tie_break="crowding").order(pts).tolist() == [0, 1]
+
+
+def _frozen(number: int, values: dict[int, float], params: int, state: TrialState = TrialState.COMPLETE,
+            **attrs: object) -> FrozenTrial:
+    t = optuna.trial.create_trial(state=state, values=[values[max(values)], params] if state == TrialState.COMPLETE
+                                  else None, intermediate_values=values, user_attrs={"params": params, **attrs})
+    t.number = number
+    return t
+
+
+def _reach_population() -> list[FrozenTrial]:
+    # Completed (budget 9): gains from epoch 3 to 9 are 0.02, 0.04, 0.06, 0.08, so the
+    # upper quartile (numpy's linear interpolation) is 0.065 and the median 0.05.
+    return [
+        _frozen(0, {3: 0.58, 9: 0.60}, 1000),
+        _frozen(1, {3: 0.58, 9: 0.62}, 1000),
+        _frozen(2, {3: 0.58, 9: 0.64}, 1000),
+        _frozen(3, {3: 0.72, 9: 0.80}, 50),       # the small strong net: final (0.80, 50)
+    ]
+
+
+def test_reachable_hand_worked() -> None:
+    pruner = ParetoPruner(eta=3, max_epochs=9)
+    done = _reach_population()
+    x1 = _frozen(10, {3: 0.73}, 60, TrialState.RUNNING)    # 0.73 + 0.065 = 0.795 < 0.80 with 60 >= 50 params
+    x2 = _frozen(11, {3: 0.74}, 60, TrialState.RUNNING)    # 0.805 > 0.80: could still reach the front
+    x3 = _frozen(12, {3: 0.50}, 40, TrialState.RUNNING)    # nothing is smaller
+    trials = [*done, x1, x2, x3]
+    assert not pruner.reachable(trials, x1, 3)
+    assert pruner.reachable(trials, x2, 3)
+    assert pruner.reachable(trials, x3, 3)
+    # A running net of 55 params at 0.76 after epoch 3 is expected at 0.76 + 0.05 (median) = 0.81,
+    # which dominates x2's optimistic (0.805, 60) ...
+    r = _frozen(13, {3: 0.76}, 55, TrialState.RUNNING)
+    assert not pruner.reachable([*trials, r], x2, 3)
+    # ... unless it is out of the race (stopped by the scheduler, or told PRUNED), or has not
+    # reached epoch 3 yet (its value at epoch 1 says nothing about epoch 3's race).
+    assert pruner.reachable([*trials, _frozen(13, {3: 0.76}, 55, TrialState.RUNNING, pruned_at_epoch=3)], x2, 3)
+    assert pruner.reachable([*trials, _frozen(13, {1: 0.76, 3: 0.76}, 55, TrialState.PRUNED)], x2, 3)
+    assert pruner.reachable([*trials, _frozen(13, {1: 0.90}, 55, TrialState.RUNNING)], x2, 3)
+    # Before any trial completed, everything is reachable.
+    assert pruner.reachable([x1, x2, r], x1, 3)
+
+
+def test_reach_stops_a_trial_inside_the_quota() -> None:
+    # At rung 3, x1 (0.73, 60) and the small strong net (0.72, 50) form front 0 (the three
+    # 1000-parameter nets at 0.58 are dominated); 5 points keep ceil(5 / 3) = 2, so x1 is in the
+    # quota, but it cannot reach the front (test_reachable_hand_worked): reach stops it.
+    study = SimpleNamespace(get_trials=lambda deepcopy=True, states=None: [*_reach_population(), x1])
+    x1 = _frozen(10, {3: 0.73}, 60, TrialState.RUNNING)
+    assert ParetoPruner(eta=3, max_epochs=9).prune(study, x1)
+    assert not ParetoPruner(eta=3, max_epochs=9, reach=False).prune(study, x1)
+    x2 = _frozen(11, {3: 0.74}, 60, TrialState.RUNNING)
+    study2 = SimpleNamespace(get_trials=lambda deepcopy=True, states=None: [*_reach_population(), x2])
+    assert not ParetoPruner(eta=3, max_epochs=9).prune(study2, x2)
+
+
+def test_make_pruner_and_space_pass_the_pareto_options(tmp_path: Path) -> None:
+    pruner = make_pruner({"name": "pareto"}, max_epochs=9)
+    assert (pruner.tie_break, pruner.reach) == ("fixed_hypervolume", True)
+    pruner = make_pruner({"name": "pareto", "tie_break": "crowding", "reach": False}, max_epochs=9)
+    assert (pruner.tie_break, pruner.reach) == ("crowding", False)
+    with pytest.raises(ValueError, match="tie_break"):
+        ParetoPruner(tie_break="volume")
+    text = (Path(__file__).resolve().parent.parent / "search_spaces" / "fashion_quick.yaml").read_text()
+    good = text.replace("pruner: {name: pareto, eta: 3, min_epochs: 1}",
+                        "pruner: {name: pareto, eta: 3, min_epochs: 1, tie_break: fixed_hypervolume, reach: false}")
+    assert good != text
+    (tmp_path / "good.yaml").write_text(good)
+    assert load_space(tmp_path / "good.yaml", check_data_dir=False).pruner["reach"] is False
+    (tmp_path / "bad.yaml").write_text(good.replace("reach: false", "reach: 1"))
+    with pytest.raises(Exception, match="reach"):
+        load_space(tmp_path / "bad.yaml", check_data_dir=False)
 
 
 def test_pareto_keeps_what_accuracy_alone_would_prune() -> None:

@@ -20,7 +20,7 @@ SPACE = """
 name: errored
 dataset: {name: synthetic, subset: 256}
 budget: {epochs: 4}
-architecture: {scheme: [euler, lm], depth: 8, width: 4}
+architecture: {scheme: [euler, poly], depth: 8, width: 4}
 training: {batch_size: 32}
 search: {sampler: grid, max_concurrent: 1}
 resources: {cpu: 1, max_failures: 0}

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 
 import lmsearch
@@ -87,6 +86,25 @@ def test_search_cli_writes_a_complete_experiment(finished: tuple[Path, subproces
         assert 0.0 < row["val_acc"] <= 1.0 and 0.0 < row["test_acc"] <= 1.0
     curves = lmsearch.load_curves(exp)
     assert set(curves.trial_id) >= set(done.trial_id)
+
+
+def test_search_prints_one_line_per_event_and_a_summary(finished: tuple[Path, subprocess.CompletedProcess]) -> None:
+    exp, proc = finished
+    df = lmsearch.load_results(exp).set_index("number")
+    lines = proc.stdout.splitlines()
+    for number in range(5):
+        assert sum(f"] trial {number} started: " in line for line in lines) == 1, proc.stdout
+    # every scheme is tried first (the start-up design), then the sampler draws
+    assert list(df.sort_index().scheme[:2]) == ["euler", "lm"]
+    assert sum(f"] trial {n} completed: " in line for line in lines for n in range(5)) == 4
+    failed = next(line for line in lines if "] trial 1 failed at epoch 0/1: " in line)
+    assert "injected fault in trial 1" in failed and "error.txt" in failed
+    assert "5/5 ended (4 completed, 0 pruned, 1 failed), 0 running" in proc.stdout
+    # Ray's status table and the failed trial's traceback only with --verbose
+    assert "== Status ==" not in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    assert f"Front plot: {exp / 'pareto.png'}" in proc.stdout
+    assert (exp / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"lmsearch pareto {exp} --by scheme" in proc.stdout and f"optuna-dashboard sqlite:///{exp}/study.db" in proc.stdout
 
 
 def test_persisted_study_agrees_with_trials_table(finished: tuple[Path, subprocess.CompletedProcess]) -> None:
@@ -195,7 +213,7 @@ GRID = """
 name: grid-resume
 dataset: {name: fashion-mnist, subset: 256}
 budget: {epochs: 2}
-architecture: {scheme: [euler, lm], depth: [8, 14], width: 4}
+architecture: {scheme: [euler, poly], depth: [8, 14], width: 4}
 training: {batch_size: 64}
 search: {sampler: grid, max_concurrent: 1}
 resources: {cpu: 1, max_failures: 0}
@@ -229,7 +247,7 @@ def test_killed_grid_resumes_from_its_study_when_ray_state_is_gone(tmp_path: Pat
     after = lmsearch.load_results(exp)
     done = after[after.state == "COMPLETE"]
     # every grid point completed exactly once; the finished trials were kept, not retrained
-    assert sorted(zip(done.scheme, done.depth, strict=True)) == [("euler", 8), ("euler", 14), ("lm", 8), ("lm", 14)]
+    assert sorted(zip(done.scheme, done.depth, strict=True)) == [("euler", 8), ("euler", 14), ("poly", 8), ("poly", 14)]
     finished = before[before.state == "COMPLETE"]
     kept = after.set_index("trial_id").loc[finished.trial_id]
     assert list(kept.wall_time_s) == list(finished.wall_time_s) and (kept.state == "COMPLETE").all()

@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -218,16 +219,16 @@ def test_summary_counts_completed_pruned_and_failed(counted: tuple[Path, subproc
     states = lmsearch.load_results(exp).set_index("number").state
     assert dict(states) == {0: "FAILED", 1: "COMPLETE", 2: "PRUNED"}
     assert "3 trials: 1 completed, 1 pruned, 1 failed" in proc.stdout
-    assert "Pareto front (1 architectures)" in proc.stdout
+    assert f"Pareto front of {exp}: 1 trial\n" in proc.stdout
 
 
 def test_summary_without_a_completed_trial_names_the_failure(capsys: pytest.CaptureFixture[str]) -> None:
-    from lmsearch.search import _print_front
+    from lmsearch.progress import search_summary
 
-    table = pd.DataFrame({"number": [0, 1], "state": ["FAILED", "FAILED"],
+    table = pd.DataFrame({"number": [0, 1], "state": ["FAILED", "FAILED"], "val_acc": [np.nan, np.nan],
+                          "params": [10, 20],
                           "error": ["diverged at epoch 1 (non-finite loss)", "diverged at epoch 2 (non-finite loss)"]})
-    _print_front(pd.DataFrame(), Path("exp"), "finished", table)
-    out = capsys.readouterr().out
+    out = search_summary(Path("exp"), table, [("val_acc", "max"), ("params", "min")], finished=True)
     assert "2 trials: 0 completed, 0 pruned, 2 failed" in out
     assert "no trial completed; the first failure (trial 0): diverged at epoch 1 (non-finite loss)" in out
 

@@ -19,7 +19,7 @@ dataset: {name: fashion-mnist, subset: 500}
 budget: {epochs: 2}
 architecture:
   scheme: [euler, lm, rk2]
-  depth: {euler: [8, 14], lm: [8, 14], rk2: [14, 26]}
+  depth: {euler: [8, 14], lm: [14, 20], rk2: [14, 26]}
   width: [4, 8]
   noise: [none, stochastic_depth]
   noise_prob: {low: 0.1, high: 0.5}
@@ -68,7 +68,7 @@ def test_grid_enumerates_every_combination(tmp_path: Path) -> None:
     path = write(tmp_path, """
         architecture:
           scheme: [euler, lm]
-          depth: [8, 14, 20]
+          depth: [14, 20, 26]
           width: 4
         training:
           seed: [1, 2]
@@ -78,7 +78,7 @@ def test_grid_enumerates_every_combination(tmp_path: Path) -> None:
     grid = space.grid()
     assert len(grid) == 2 * 3 * 2 == space.num_samples  # num_samples defaults to the grid size
     assert {(p["scheme"], p["depth"], p["seed"]) for p in grid} == {
-        (s, d, seed) for s in ("euler", "lm") for d in (8, 14, 20) for seed in (1, 2)}
+        (s, d, seed) for s in ("euler", "lm") for d in (14, 20, 26) for seed in (1, 2)}
     assert all("width" not in p for p in grid)  # fixed values are not Optuna parameters
     # seeds vary slowest: the first six points are every architecture with seed 1
     assert [p["seed"] for p in grid] == [1] * 6 + [2] * 6

@@ -90,10 +90,10 @@ def test_yaml_conveniences_still_work(tmp_path: Path) -> None:
         training: {lr: 1e-3}                # a YAML 1.2 float without a dot
         architecture:
           scheme: [euler, lm]
-          depth: {euler: &d [8, 14], lm: *d}  # one anchor used twice is neither a duplicate nor a bomb
+          depth: {euler: &d [14, 20], lm: *d}  # one anchor used twice is neither a duplicate nor a bomb
     """))
     assert space.train["lr"].choices == (0.001,)
-    assert space.depth_by_scheme is not None and space.depth_by_scheme["lm"].choices == (8, 14)
+    assert space.depth_by_scheme is not None and space.depth_by_scheme["lm"].choices == (14, 20)
 
 
 def test_merge_key_overridden_is_not_a_duplicate(tmp_path: Path) -> None:
@@ -223,6 +223,7 @@ def test_every_sampled_value_trains_and_builds(tmp_path: Path) -> None:
     from lmsearch.train import TrainConfig
 
     space = load_space(write(tmp_path, """
+        budget: {epochs: 5}
         architecture:
           scheme: [euler, lm]
           depth: [8, 14]

@@ -50,6 +50,21 @@ def test_cli_names_and_defaults_match_the_library() -> None:
     assert {k: defaults[k] for k in train_cmd.DEFAULTS} == train_cmd.DEFAULTS
 
 
+def test_cli_defaults_suit_short_runs_and_the_paper_recipe_is_flags() -> None:
+    import argparse
+
+    from lmsearch.cli import train_cmd
+
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    args = parser.parse_args(["lm_resnet20"])
+    # a 2-epoch run under the step schedule spends its second epoch at lr / 10 and / 100
+    assert (args.schedule, args.batch_size, args.lr) == ("cosine", 64, 0.1)
+    paper = parser.parse_args(["lm_resnet20", *train_cmd.PAPER_RECIPE.split()])
+    assert (paper.schedule, paper.batch_size, paper.lr, paper.weight_decay, paper.nesterov, paper.epochs) == (
+        "step", 128, 0.1, 1e-4, False, 160)
+
+
 @needs_fashion
 def test_train_spec_json_on_fashion_mnist_and_save(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     spec = tmp_path / "tiny.json"

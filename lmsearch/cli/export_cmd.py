@@ -52,5 +52,7 @@ def run(args: argparse.Namespace) -> int:
     spec, prov, metrics = doc["spec"], doc.get("provenance", {}), doc.get("metrics", {})
     print(f"exported {spec['scheme']}-{spec['depth']} (width {spec['width']}) "
           f"from trial {prov.get('trial_id')} of {prov.get('experiment')} to {out}")
+    if prov.get("searched_as"):
+        print(f"note: searched as {prov['searched_as']}")
     print(json.dumps({"metrics": metrics, "weights": prov.get("weights")}, indent=2))
     return 0

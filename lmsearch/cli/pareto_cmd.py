@@ -152,7 +152,7 @@ def _fmt_interpolated(table: pd.DataFrame, verdict: str, metric: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmsearch.pareto import DEFAULT_OBJECTIVES, aggregate_seeds, normalize_objectives, pareto_front, repeats_seeds
+    from lmsearch.pareto import DEFAULT_OBJECTIVES, front_table, normalize_objectives, pareto_front
     from lmsearch.results import ExperimentFolderError, check_output_file, load_results
 
     try:
@@ -169,12 +169,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: --by {args.by}: no such column", file=sys.stderr)
                 return 2
             for value, group in df.groupby(df[args.by].astype(object), sort=True):
-                front = pareto_front(aggregate_seeds(group) if repeats_seeds(df) else group, objectives)
+                front = pareto_front(front_table(group)[0], objectives)
                 print(f"\nPareto front, {args.by} = {value} ({len(front)} of {len(group)} trials):")
                 print(_fmt_table(front, objectives, multi) if len(front) else "  (no complete trials)")
         # seeds are replicates: where the space repeats an architecture, the front is over their means
-        replicated = repeats_seeds(df)
-        table = aggregate_seeds(df) if replicated else df
+        table, replicated = front_table(df)
         front = pareto_front(table, objectives)
         what = " vs ".join(f"{c} ({d})" for c, d in objectives)
         unit = "architectures (mean +- standard error over their n seeds)" if replicated else "trials"

@@ -19,6 +19,11 @@ examples:
 Joining a cluster (--address) needs its token in RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN
 or ~/.ray/auth_token (README: "GPUs and Ray clusters").
 
+While it runs, one line per trial event: started, each epoch's validation
+accuracy, pruned, completed or failed, with the counts so far, the size of the
+Pareto front and the estimated time left. At the end: the front, the counts,
+the front plot (pareto.png) and the commands to look further.
+
 Exit status: 0 when every trial has ended; 2 when the search cannot start (bad
 space file, data, --out, --address or resources: a new experiment then leaves
 nothing behind) or another running search uses --out; 130 when interrupted
@@ -66,7 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "folder's ray/ state, e.g. in a fresh clone, from its study.db: running "
                              "ones are marked FAILED and their configurations run again, from their "
                              "epoch checkpoint in checkpoints/ when there is one)")
-    parser.add_argument("--quiet", action="store_true", help="no per-trial progress table")
+    show = parser.add_mutually_exclusive_group()
+    show.add_argument("--quiet", action="store_true",
+                      help="no progress lines while it runs (the summary at the end is still printed)")
+    show.add_argument("--verbose", "-v", action="count", default=0,
+                      help="also Ray Tune's status table of every trial (every 30 s) and what the trials "
+                           "print; -vv, -vvv: more of Ray's detail")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             args.space, out=args.out, name=args.name, num_samples=args.num_samples, pruner=args.pruner,
             address=args.address,
             resume=args.resume, node_ip=None if args.node_ip == "auto" else args.node_ip,
-            verbose=0 if args.quiet else 1,
+            verbose=args.verbose, progress=not args.quiet,
         )
     except (SpaceError, SearchError, ExperimentLocked, ClusterAuthError, ExperimentFolderError,
             FileNotFoundError) as exc:

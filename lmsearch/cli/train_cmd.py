@@ -10,22 +10,31 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmsearch.arch import LM_K_INITS, TORCHVISION_BASES  # imports no torch
 from lmsearch.space import MAX_EPOCHS  # the space files' limit (imports no torch)
 
 HELP = """Train one network on a dataset and report its test accuracy.
 
 MODEL is a zoo name (see `lmsearch models`), an ArchSpec JSON file, the
-arch.json of an export, or an export directory (arch.json + model.safetensors).
-Its in_channels and num_classes are adapted to the dataset. Every epoch prints
+arch.json of an export, an export directory (arch.json + model.safetensors),
+or torchvision:NAME, torchvision's resnet18/34/50/101/152, resnext50_32x4d,
+resnext101_32x8d/64x4d or wide_resnet50_2/101_2 (random init) run as a
+Euler net, or with --lm as its LM-ResNet (lmsearch.to_lm).
+Its in_channels and num_classes are adapted to the dataset (a torchvision
+net gets an fc of the dataset's classes and, for other than 3 channels, a
+new 7x7/2 conv1 taking them). Every epoch prints
 the training loss, the validation loss and accuracy (a seeded part held out
 of the training set) and the throughput; the test accuracy comes at the end.
 
 examples:
   lmsearch train lm_resnet20 --epochs 2 --subset 2000
+  lmsearch train lm_resnet56 --dataset cifar10 --data-dir ~/data \\
+      --schedule step --batch-size 128 --lr 0.1 --weight-decay 1e-4 --no-nesterov --epochs 160  # the paper's recipe
   lmsearch train resnet20 --dataset fashion-mnist --epochs 30 --save out/resnet20
   lmsearch train spec.json --epochs 160 --schedule step --device cuda
   lmsearch train exported/lm56 --epochs 5 --init-weights --lr 0.01
-  lmsearch train resnet20 --dataset cifar10 --data-dir ~/data --epochs 160"""
+  lmsearch train resnet20 --dataset cifar10 --data-dir ~/data --epochs 160
+  lmsearch train torchvision:resnet18 --lm --dataset folder --data-dir DIR --image-size 64"""
 
 
 # Kept here (not imported from lmsearch.train / lmsearch.data) so building the CLI parser does not import
@@ -34,6 +43,12 @@ DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "folder", "
 SCHEDULE_NAMES = ("step", "cosine", "onecycle", "constant")
 DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
             "label_smoothing": 0.0, "schedule": "step", "warmup_epochs": 0.0}
+# What `lmsearch train` uses instead of TrainConfig's defaults: short runs should work without
+# tuning. Measured (benchmarks/README.md, "lmsearch train defaults"): LM-ResNet-20, 2 epochs of
+# 4,000 Fashion-MNIST images, 74-76% test accuracy with these vs 68-69% with the paper's step
+# schedule (lr / 10 at 50% and 75%: 0.001 for the whole second epoch) and batch 128.
+CLI_DEFAULTS = {**DEFAULTS, "schedule": "cosine", "batch_size": 64}
+PAPER_RECIPE = "--schedule step --batch-size 128 --lr 0.1 --weight-decay 1e-4 --no-nesterov --epochs 160"
 
 
 def _integer(text: str, low: int, high: int | None) -> int:
@@ -69,9 +84,10 @@ def finite_float(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = argparse.Namespace(**DEFAULTS)
+    d = argparse.Namespace(**CLI_DEFAULTS)
     parser.add_argument("model", metavar="MODEL|ARCH.json",
-                        help="zoo name (e.g. resnet20, lm_resnet56), ArchSpec JSON, arch.json or export directory")
+                        help="zoo name (e.g. resnet20, lm_resnet56), ArchSpec JSON, arch.json, export directory or "
+                             "torchvision:NAME (e.g. torchvision:resnet50)")
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="fashion-mnist", choices=list(DATASET_NAMES),
                    help="dataset (default fashion-mnist; synthetic is for tests)")
@@ -81,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--subset", type=int, metavar="N", help="train on N images of the training part (seeded)")
     g.add_argument("--val-fraction", type=finite_float, default=0.1, metavar="F",
                    help="share of the training set held out for validation (default 0.1)")
-    g.add_argument("--image-size", type=int, metavar="PX", help="imagenet/folder: image size (default 224)")
+    g.add_argument("--image-size", type=int, metavar="PX", help="imagenet/folder: side of the square images fed to the net, in pixels "
+                        "(default: 224 for imagenet, the images' median side for folder)")
     t = parser.add_argument_group("training")
     t.add_argument("--epochs", type=epoch_count, default=d.epochs, metavar="N",
                    help=f"epochs, 0 to {MAX_EPOCHS} (default {d.epochs})")
@@ -92,7 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--weight-decay", type=finite_float, default=d.weight_decay, help=f"default {d.weight_decay}")
     t.add_argument("--label-smoothing", type=finite_float, default=d.label_smoothing, help="default 0")
     t.add_argument("--schedule", choices=SCHEDULE_NAMES, default=d.schedule,
-                   help="lr schedule (default step: /10 at 50%% and 75%% of training, as in the paper)")
+                   help=f"lr schedule (default {d.schedule}: to 0 over the run; the paper's is step: lr / 10 at "
+                        f"50%% and 75%% of training, which leaves a 2-epoch run at lr / 10 and below for its "
+                        f"second half; the paper's whole recipe: {PAPER_RECIPE})")
     t.add_argument("--warmup-epochs", type=finite_float, default=d.warmup_epochs, metavar="E", help="linear warm-up")
     t.add_argument("--seed", type=int, default=0, help="seeds initialisation, split, order and augmentation")
     t.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
@@ -100,6 +119,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="precise BN: re-estimate batch-norm statistics from N training batches before "
                         "each evaluation (default 0: PyTorch's running averages)")
     t.add_argument("--init-weights", action="store_true", help="start from an export's weights (fine-tune)")
+    b = parser.add_argument_group("torchvision base (MODEL torchvision:NAME)")
+    b.add_argument("--lm", action="store_true",
+                   help="its LM-ResNet: one learnable k_n per block but the first of each stage and those "
+                        "with a downsample (default: torchvision's net, a Euler net)")
+    b.add_argument("--k-init", choices=list(LM_K_INITS), default="zero",
+                   help="k_n init: zero (starts as the Euler net, the default) or paper (U(-0.1, 0))")
+    b.add_argument("--per-channel-k", action="store_true", help="one k_n per channel instead of a scalar")
+    b.add_argument("--stochastic-depth", type=finite_float, default=0.0, metavar="P",
+                   help="drop probability of the last block's increment; block i of N drops with P * i / N, "
+                        "so the first drops P / N (default 0: none)")
     r = parser.add_argument_group("running")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -161,14 +190,34 @@ def _zoo_spec(name: str, in_channels: int, num_classes: int) -> Any:
     return spec
 
 
+def _base_spec(args: argparse.Namespace, in_channels: int, num_classes: int) -> Any:
+    """The ArchSpec of ``torchvision:NAME`` with the --lm options."""
+    from lmsearch.arch import ArchSpec
+
+    if args.model not in TORCHVISION_BASES:
+        raise _UsageError(f"{args.model!r} is not a torchvision base lmsearch converts; one of "
+                          f"{', '.join(TORCHVISION_BASES)}")
+    p = args.stochastic_depth
+    if not 0 <= p < 1:
+        raise _UsageError(f"--stochastic-depth must be in [0, 1); got {p}")
+    return ArchSpec(base=args.model, scheme="lm" if args.lm else "euler", lm_k="channel" if args.per_channel_k
+                    else "scalar", lm_k_init=LM_K_INITS[args.k_init], noise="stochastic_depth" if p else "none",
+                    noise_prob=p, in_channels=in_channels, num_classes=num_classes)
+
+
 def _model(args: argparse.Namespace, in_channels: int, num_classes: int) -> tuple[Any, Any, str]:
     """``(model, spec, description)``: the network to train, adapted to the dataset's channels and classes."""
     import torch
 
     from lmsearch.nn.network import build_model
 
+    base_options = args.lm or args.per_channel_k or args.k_init != "zero" or args.stochastic_depth != 0
+    if base_options and not args.model.startswith("torchvision:"):
+        raise _UsageError("--lm, --k-init, --per-channel-k and --stochastic-depth are for MODEL torchvision:NAME")
     looks_like_file = args.model.endswith(".json") or "/" in args.model or Path(args.model).exists()
-    if looks_like_file:
+    if args.model.startswith("torchvision:"):
+        spec, export_dir, source = _base_spec(args, in_channels, num_classes), None, args.model
+    elif looks_like_file:
         if not Path(args.model).expanduser().exists():
             raise _UsageError(f"{args.model}: no such file or directory")
         spec, export_dir = _read_spec(args.model)

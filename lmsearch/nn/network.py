@@ -87,8 +87,11 @@ class ResidualNetwork(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-def build_model(spec: ArchSpec) -> ResidualNetwork:
+def build_model(spec: ArchSpec) -> nn.Module:
     """The network described by ``spec`` (an ``nn.Module`` with ``.spec``).
+
+    A spec with a torchvision ``base`` gives torchvision's network, converted
+    (:func:`lmsearch.nn.torchvision_lm.build_base`); any other a :class:`ResidualNetwork`.
 
     Example:
         >>> from lmsearch.arch import ArchSpec
@@ -98,4 +101,8 @@ def build_model(spec: ArchSpec) -> ResidualNetwork:
     """
     if not isinstance(spec, ArchSpec):
         raise TypeError(f"build_model needs an lmsearch.ArchSpec; got {type(spec).__name__}")
+    if spec.base is not None:
+        from lmsearch.nn.torchvision_lm import build_base
+
+        return build_base(spec)
     return ResidualNetwork(spec)

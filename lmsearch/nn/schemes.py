@@ -58,7 +58,7 @@ functions/shortcut (or to fall back to another scheme) and
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "StepContext", "Scheme", "Stage", "ReversibleStage",
-    "EulerScheme", "LMScheme", "RK2Scheme", "RK4Scheme", "PolyScheme", "RevScheme", "lm_combine",
+    "EulerScheme", "LMScheme", "RK2Scheme", "RK4Scheme", "PolyScheme", "RevScheme", "lm_combine", "run_steps",
 ]
 
 
@@ -188,10 +188,15 @@ class Stage(nn.Module):
         self.steps = nn.ModuleList(steps)
 
     def forward(self, x: Tensor) -> Tensor:
-        x_prev = x
-        for step in self.steps:
-            x, x_prev = step(x, x_prev)
-        return x
+        return run_steps(self.steps, x)
+
+
+def run_steps(steps: Iterable[nn.Module], x: Tensor) -> Tensor:
+    """Thread ``(x_n, x_{n-1})`` through ``steps`` from ``x_{-1} = x_0``; the last state."""
+    x_prev = x
+    for step in steps:
+        x, x_prev = step(x, x_prev)
+    return x
 
 
 @register_scheme
