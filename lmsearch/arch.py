@@ -324,19 +324,25 @@ class ArchSpec:
         return sum(max(0, n - 1) for n in self.steps_per_stage) if self.scheme == "lm" else 0
 
     def canonical(self) -> ArchSpec:
-        """The same network spelt one way: an lm net without an LM step is the euler net.
+        """The same network spelt one way: an lm net without an LM step is the euler net,
+        and a net without an LM step has the default ``lm_k`` and ``lm_k_init`` (it has no k_n).
 
-        Both build the same modules and compute the same function, so a search counts
-        them once and an export names the net by what it is.
+        Such specs build the same modules and compute the same function, so a search
+        counts them once and an export names the net by what it is.
 
         Example:
             >>> ArchSpec(scheme="lm", depth=8, lm_k="channel").canonical() == ArchSpec(scheme="euler", depth=8)
             True
+            >>> ArchSpec(scheme="euler", lm_k_init="zero").canonical() == ArchSpec(scheme="euler")
+            True
         """
-        if self.scheme != "lm" or self.lm_steps:
+        if self.lm_steps:
             return self
         defaults = {f.name: f.default for f in dataclasses.fields(ArchSpec) if f.name in ("lm_k", "lm_k_init")}
-        return self.replace(scheme="euler", **defaults)
+        scheme = "euler" if self.scheme == "lm" else self.scheme
+        if scheme == self.scheme and all(getattr(self, k) == v for k, v in defaults.items()):
+            return self
+        return self.replace(scheme=scheme, **defaults)
 
     @property
     def stage_widths(self) -> tuple[int, ...]:

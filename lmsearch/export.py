@@ -240,7 +240,7 @@ def export_best(
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     canonical = spec.canonical()
-    if canonical != spec:  # e.g. an lm net with one step per stage, searched before spaces left those out
+    if canonical.scheme != spec.scheme:  # an lm net with one step per stage, searched before spaces left those out
         provenance["searched_as"] = (f"{spec.scheme}-{spec.depth}, which has no LM step (one step per stage): "
                                      f"the same network as {canonical.scheme}-{canonical.depth}, exported as such")
     return save_architecture(model, canonical, out_dir, metadata={"metrics": metrics, "provenance": provenance})

@@ -219,20 +219,34 @@ def search_summary(exp_dir: Any, table: pd.DataFrame, objectives: Sequence[tuple
     lines.append("\nNext:")
     lines.append(f"  lmsearch pareto {exp_dir} --by scheme        # the front per scheme; "
                  f"--compression: LM vs ResNet")
-    for label, row in _export_picks(front if not replicated else pareto_front(table, objectives)):
+    for label, row in _export_picks(front, table, objectives):
         lines.append(f"  lmsearch export {exp_dir} --trial {row['number']} --out {label}/   "
                      f"# {_describe(row)}: arch.json + weights")
     lines.append(f"  optuna-dashboard sqlite:///{exp_dir}/study.db   # learning curves, parameter importance")
     return "\n".join(lines)
 
 
-def _export_picks(front: pd.DataFrame) -> list[tuple[str, pd.Series]]:
-    """The front's most accurate trial (``best``) and, when it is not LM, its most accurate LM trial."""
-    if not len(front) or "number" not in front.columns:
+def _export_picks(front: pd.DataFrame, table: pd.DataFrame,
+                  objectives: Sequence[tuple[str, str]]) -> list[tuple[str, pd.Series]]:
+    """The front's most accurate net (``best``) and, when it is not LM, its most accurate LM net.
+
+    Accuracy is the first maximised objective (else the first objective). A front over seed
+    means names architectures (``trial_id`` ``a+b+c``): each is exported as its most accurate trial.
+    """
+    if not len(front) or "number" not in table.columns:
         return []
-    best = front.iloc[0]  # pareto_front sorts by the first objective, best first
+    metric, direction = next(((n, d) for n, d in objectives if d.startswith("max")), objectives[0])
+    most = direction.startswith("max")
+    by_id = table.set_index(table["trial_id"].astype(str))
+    rows = []
+    for _, arch in front.iterrows():
+        ids = [i for i in str(arch["trial_id"]).split("+") if i in by_id.index]
+        trials = by_id.loc[ids] if ids else arch.to_frame().T
+        rows.append((arch[metric], trials.sort_values(metric, ascending=not most).iloc[0]))
+    rows.sort(key=lambda pair: pair[0], reverse=most)
+    best = rows[0][1]
     picks = [("best", best)]
-    lm = front[front["scheme"] == "lm"] if "scheme" in front.columns else front.iloc[:0]
-    if len(lm) and best.get("scheme") != "lm":
-        picks.append(("best-lm", lm.iloc[0]))
+    lm = [row for _, row in rows if row.get("scheme") == "lm"]
+    if lm and best.get("scheme") != "lm":
+        picks.append(("best-lm", lm[0]))
     return picks

@@ -220,13 +220,29 @@ def run_search(
                 exp_dir.rmdir()
 
 
-def _experiment_meta(space: SearchSpace, status: str, created: str) -> dict[str, Any]:
+def _experiment_meta(space: SearchSpace, status: str, created: str, plan: dict[str, int]) -> dict[str, Any]:
     return {
         "name": space.name, "dataset": space.dataset, "seed": space.seed, "epochs": space.epochs,
         "num_samples": space.num_samples, "sampler": space.sampler, "pruner": space.pruner,
         "objectives": [{"name": o.name, "direction": o.direction} for o in space.objectives],
-        "study": "study.db", "created": created, "status": status,
+        "study": "study.db", "created": created, "status": status, **plan,
     }
+
+
+def _restored_plan(exp_dir: Path, space: SearchSpace) -> dict[str, int]:
+    """The plan of the Ray experiment a restore continues: how many trials its Tuner was given
+    (``ray_trials``) and how many rows trials.csv has when it ends (``trials_planned``).
+
+    A search resumed from its study runs fewer Ray trials than ``num_samples`` and keeps its
+    interrupted trials as FAILED rows beside their reruns, so neither follows from the space.
+    Folders written before these keys existed fall back to ``num_samples``.
+    """
+    meta = results.read_experiment(exp_dir)
+    plan = {}
+    for key in ("ray_trials", "trials_planned"):
+        value = meta.get(key)
+        plan[key] = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else space.num_samples
+    return plan
 
 
 def _load_data(space: SearchSpace) -> Any:
@@ -375,7 +391,11 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
                                           num_classes=data.info.num_classes, fresh=not resume)
             if from_study:
                 to_run, earlier = _continue_from_study(searcher, space, exp_dir)
-        lines = SearchProgress(space.num_samples, space.epochs, [(o.name, o.direction) for o in space.objectives],
+            plan = {"ray_trials": to_run, "trials_planned": len(earlier) + to_run}
+        else:
+            plan = _restored_plan(exp_dir, space)
+            to_run = plan["ray_trials"]
+        lines = SearchProgress(plan["trials_planned"], space.epochs, [(o.name, o.direction) for o in space.objectives],
                                earlier=earlier or results.read_trial_rows(exp_dir)) if progress else None
         run_config = tune.RunConfig(
             name=TUNE_NAME,
@@ -384,7 +404,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
             failure_config=tune.FailureConfig(max_failures=space.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             progress_reporter=_reporter(space) if verbose >= 1 else None,
-            verbose=verbose,
+            verbose=min(max(verbose, 0), 3),  # Ray knows 0-3; -vvvv is -vvv
         )
         if resume and not from_study:
             recorder.RESTORED_PROGRESS = lines  # Tuner.restore unpickles the first run's recorder
@@ -402,7 +422,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
                                             trial_name_creator=trial_name, trial_dirname_creator=trial_name),
                 run_config=run_config,
             )
-        results.write_experiment(exp_dir, _experiment_meta(space, "running", created))
+        results.write_experiment(exp_dir, _experiment_meta(space, "running", created, plan))
         began = True
         if tuner is None:  # resumed from a study that had nothing left to run
             results.write_trials_table(exp_dir, earlier)
@@ -421,7 +441,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
     finally:
         recorder.RESTORED_PROGRESS = None
         if began:
-            results.write_experiment(exp_dir, _experiment_meta(space, status, created))
+            results.write_experiment(exp_dir, _experiment_meta(space, status, created, plan))
         if started_here:
             ray.shutdown()
         if undo:

@@ -84,3 +84,21 @@ def test_sampled_search_starts_with_one_trial_per_scheme(tmp_path: Path) -> None
     assert {c["arch"]["width"] for c in configs} <= {4, 8}  # the rest is the sampler's
     one = load_space(_space(tmp_path, "{scheme: lm, depth: [14, 20]}", "{sampler: random, num_samples: 2}"))
     assert scheme_startup(one) == []
+
+
+@pytest.mark.parametrize("scheme,depth", [("euler", 20), ("rk2", 14), ("poly", 14), ("rev", 14), ("lm", 8)])
+def test_a_net_without_lm_steps_has_one_spelling_whatever_its_k_fields(scheme: str, depth: int) -> None:
+    """k fields of a net with no k_n change nothing it builds, so they do not make it another architecture."""
+    odd = ArchSpec(scheme=scheme, depth=depth, width=4, lm_k="channel", lm_k_init="zero")
+    plain = ArchSpec(scheme="euler" if scheme == "lm" else scheme, depth=depth, width=4)
+    assert odd.canonical() == plain and plain.canonical() is plain
+    torch.manual_seed(0)
+    a = build_model(odd)
+    torch.manual_seed(0)
+    b = build_model(plain)
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+
+
+def test_an_lm_net_with_lm_steps_keeps_its_k_fields() -> None:
+    spec = ArchSpec(scheme="lm", depth=14, width=4, lm_k="channel", lm_k_init="zero")
+    assert spec.canonical() is spec

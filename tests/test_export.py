@@ -334,3 +334,22 @@ def test_export_directory_is_never_empty_or_an_experiment(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="is an experiment folder"):
         check_output_dir(tmp_path)
     assert check_output_dir(tmp_path / "best") == tmp_path / "best"
+
+
+def test_export_of_an_lm_net_without_lm_steps_is_written_as_euler(tmp_path: Path) -> None:
+    """A run searched before spaces left lm-8 out: its "LM" net has no k, and the export says what it is."""
+    exp = tmp_path / "old"
+    write_experiment(exp, {"name": "old", "dataset": "fashion-mnist", "status": "finished",
+                           "objectives": [{"name": "val_acc", "direction": "maximize"},
+                                          {"name": "params", "direction": "minimize"}]})
+    searched = ArchSpec(scheme="lm", depth=8, width=4, in_channels=1)
+    write_trials_table(exp, [trial_row(searched, trial_id="abc_00000", number=0, state="COMPLETE", val_acc=0.8,
+                                       params=5094, dataset="fashion-mnist", seed=0, lr=0.1)])
+    net = _trained(searched)
+    save_architecture(net, searched, exp / "weights" / "abc_00000")
+    model = load_architecture(export_best(exp, tmp_path / "out"))
+    assert model.spec == ArchSpec(scheme="euler", depth=8, width=4, in_channels=1)
+    assert "searched_as" in model.metadata["provenance"] and "lm-8" in model.metadata["provenance"]["searched_as"]
+    x = torch.randn(2, 1, 28, 28)
+    net.eval()
+    assert torch.equal(model(x), net(x))

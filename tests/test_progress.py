@@ -108,3 +108,20 @@ def test_summary_front_is_over_seed_means_when_seeds_repeat() -> None:
     text = search_summary(Path("e"), table, OBJECTIVES, finished=True)
     assert "Pareto front of e: 1 architecture, means over seeds" in text
     assert "0.85" in text  # the mean of the two seeds
+
+
+def test_summary_exports_the_mean_front_architectures_by_their_best_seed() -> None:
+    """A lucky seed does not pick the export: the front is over means, each exported as its best trial."""
+    lm, euler = '{"scheme": "lm", "depth": 14}', '{"scheme": "euler", "depth": 20}'
+    table = pd.DataFrame({
+        "trial_id": ["a", "b", "c"], "number": [0, 1, 2], "state": ["COMPLETE"] * 3, "scheme": ["lm", "lm", "euler"],
+        "depth": [14, 14, 20], "width": [4, 4, 8], "lr": [0.1] * 3, "arch_json": [lm, lm, euler],
+        "train_json": ['{"lr": 0.1}'] * 3, "seed": [1, 2, 1], "params": [1000, 1000, 5000],
+        "val_acc": [0.80, 0.90, 0.88], "test_acc": [0.80, 0.90, 0.88], "epochs_run": [3] * 3, "epochs": [3] * 3,
+        "error": [""] * 3,
+    })
+    text = search_summary(Path("e"), table, OBJECTIVES, finished=True)
+    assert "Pareto front of e: 2 architectures, means over seeds" in text
+    # euler-20 (0.88) beats lm-14's mean (0.85), though lm-14's seed 2 alone (0.90) would beat it
+    assert "lmsearch export e --trial 2 --out best/   # euler-20 w8 lr 0.1" in text
+    assert "lmsearch export e --trial 1 --out best-lm/   # lm-14 w4 lr 0.1 seed 2" in text

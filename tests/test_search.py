@@ -241,14 +241,32 @@ def test_killed_grid_resumes_from_its_study_when_ray_state_is_gone(tmp_path: Pat
     shutil.rmtree(exp / "ray")  # as in a fresh clone of a committed experiment: only tables and study.db
     (exp / "search.lock").unlink(missing_ok=True)
 
-    proc = cli("search", str(space), "--out", str(exp), "--resume")
+    # resumed from the study, then Ctrl-C once a rerun trial trains: its Ray experiment holds
+    # only the trials that were left, which the restore below must count as the whole run
+    resumed = subprocess.Popen([sys.executable, "-m", "lmsearch", "search", str(space), "--out", str(exp), "--resume"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and resumed.poll() is None:
+        df = lmsearch.load_results(exp)
+        if ((df.state == "RUNNING") & ~df.trial_id.isin(before.trial_id)).any():
+            break
+        time.sleep(0.2)
+    resumed.send_signal(signal.SIGINT)
+    stderr = resumed.communicate(timeout=120)[1]
+    assert resumed.returncode == 130 and "resuming from the study" in stderr, stderr[-3000:]
+    finished = before[before.state == "COMPLETE"]
+    plan = json.loads((exp / "experiment.json").read_text())
+    assert plan["ray_trials"] == 4 - len(finished) and plan["trials_planned"] == len(before) + plan["ray_trials"]
+
+    proc = cli("search", str(space), "--out", str(exp), "--resume")  # Ray's state is there: Tuner.restore
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resuming from the study" in proc.stderr
+    assert "resuming from the study" not in proc.stderr
+    total = plan["trials_planned"]
+    assert f"{total}/{total} ended" in proc.stdout and f"/{total + 1} ended" not in proc.stdout, proc.stdout
     after = lmsearch.load_results(exp)
     done = after[after.state == "COMPLETE"]
     # every grid point completed exactly once; the finished trials were kept, not retrained
     assert sorted(zip(done.scheme, done.depth, strict=True)) == [("euler", 8), ("euler", 14), ("poly", 8), ("poly", 14)]
-    finished = before[before.state == "COMPLETE"]
     kept = after.set_index("trial_id").loc[finished.trial_id]
     assert list(kept.wall_time_s) == list(finished.wall_time_s) and (kept.state == "COMPLETE").all()
     # the trial that was running is recorded as FAILED (interrupted), not lost and not left RUNNING

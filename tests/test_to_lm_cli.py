@@ -51,6 +51,15 @@ def test_train_refuses_lm_options_without_a_base_and_unknown_bases(tmp_path: Pat
                  "--epochs", "0"]) == 2
 
 
+@pytest.mark.parametrize("option", [["--k-init", "paper"], ["--per-channel-k"]])
+def test_train_refuses_k_options_without_lm(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """k_n options on a plain (euler) torchvision net would be ignored: a usage error instead."""
+    from lmsearch.cli import main
+
+    assert main(["train", "torchvision:resnet18", *option, "--dataset", "synthetic", "--epochs", "0"]) == 2
+    assert "--k-init and --per-channel-k set the k_n of the LM steps: add --lm" in capsys.readouterr().err
+
+
 SPACE = """
 name: tv-lm
 dataset: {{name: folder, data_dir: {root}, image_size: 16, val_fraction: 0.25}}

@@ -200,9 +200,11 @@ def _base_spec(args: argparse.Namespace, in_channels: int, num_classes: int) -> 
     p = args.stochastic_depth
     if not 0 <= p < 1:
         raise _UsageError(f"--stochastic-depth must be in [0, 1); got {p}")
-    return ArchSpec(base=args.model, scheme="lm" if args.lm else "euler", lm_k="channel" if args.per_channel_k
-                    else "scalar", lm_k_init=LM_K_INITS[args.k_init], noise="stochastic_depth" if p else "none",
-                    noise_prob=p, in_channels=in_channels, num_classes=num_classes)
+    if not args.lm and (args.per_channel_k or args.k_init != "zero"):
+        raise _UsageError("--k-init and --per-channel-k set the k_n of the LM steps: add --lm")
+    k = {"lm_k": "channel" if args.per_channel_k else "scalar", "lm_k_init": LM_K_INITS[args.k_init]} if args.lm else {}
+    return ArchSpec(base=args.model, scheme="lm" if args.lm else "euler", noise="stochastic_depth" if p else "none",
+                    noise_prob=p, in_channels=in_channels, num_classes=num_classes, **k)
 
 
 def _model(args: argparse.Namespace, in_channels: int, num_classes: int) -> tuple[Any, Any, str]:
