@@ -202,6 +202,12 @@ def run_search(
         if num_samples is not None:
             if num_samples < 1:
                 raise SearchError(f"--num-samples must be >= 1; got {num_samples}")
+            if resume and num_samples != space.num_samples and (exp_dir / RAY_DIR / TUNE_NAME).is_dir():
+                # Tuner.restore keeps the trial count it was started with: a new one would be ignored
+                raise SearchError(f"--num-samples {num_samples}: {exp_dir} is resumed from Ray's state, which keeps "
+                                  f"the {space.num_samples} trials it was started with; to change the count, "
+                                  f"delete {exp_dir / RAY_DIR} (the search then resumes from its study, finished "
+                                  f"trials kept) or resume without --num-samples")
             space = dataclasses.replace(space, num_samples=num_samples)
         if pruner is not None:
             if pruner not in PRUNERS:

@@ -261,3 +261,17 @@ def test_resume_without_a_study_is_refused_and_changes_nothing(
     assert "study.db is missing (or not a file)" in proc.stderr and "Traceback" not in proc.stderr
     after = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_a_new_trial_count_on_a_restore_from_ray_state_is_refused(
+        counted: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+    """Tuner.restore keeps its own trial count: --num-samples would be silently ignored (and misrecorded)."""
+    exp = tmp_path / "exp"
+    shutil.copytree(counted[0], exp)  # still has Ray's state in ray/
+    before = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()}
+    planned = json.loads((exp / "experiment.json").read_text())["num_samples"]
+    proc = cli(str(exp / "space.yaml"), "--out", str(exp), "--resume", "--num-samples", str(planned + 3))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"--num-samples {planned + 3}: {exp} is resumed from Ray's state, which keeps the {planned} trials" \
+        in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()} == before
