@@ -80,8 +80,18 @@ class SearchProgress:
         self._ended_here = 0
 
     def event(self, kind: str, row: Mapping[str, Any]) -> None:
-        """Record ``row`` (a trials.csv row) and print the line for event ``kind``."""
+        """Record ``row`` (a trials.csv row) and print the line for event ``kind``.
+
+        A trial that starts again (after its worker was retried, or in a restored search) is
+        announced as resumed, from the last epoch it reported.
+        """
         trial_id = str(row["trial_id"])
+        known = self._rows.get(trial_id)
+        if kind == STARTED and known is not None and known.get("state") == RUNNING:
+            self._rows[trial_id] = {**known, **{k: v for k, v in row.items() if k != "epochs_run"}}
+            self._print(f"trial {row.get('number', '?')} resumed from epoch {known.get('epochs_run') or 0}/"
+                        f"{self.epochs}")
+            return
         self._rows[trial_id] = dict(row)
         if kind == ENDED and row.get("state") in FINISHED:
             if trial_id in self._ended_before:

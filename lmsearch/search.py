@@ -173,7 +173,7 @@ def run_search(
             A FAILED trial is final: it is not run again.
         verbose: 0 (default): no output from Ray but warnings; 1: Ray Tune's status table
             of every trial every 30 s and the trials' own output; 2, 3: more of Ray's detail.
-        progress: one line per trial event (started, epoch, pruned, completed, failed) with
+        progress: one line per trial event (started or resumed, epoch, retried, pruned, completed, failed) with
             the counts, the front size and the estimated time left.
 
     Raises:

@@ -125,3 +125,18 @@ def test_summary_exports_the_mean_front_architectures_by_their_best_seed() -> No
     # euler-20 (0.88) beats lm-14's mean (0.85), though lm-14's seed 2 alone (0.90) would beat it
     assert "lmsearch export e --trial 2 --out best/   # euler-20 w8 lr 0.1" in text
     assert "lmsearch export e --trial 1 --out best-lm/   # lm-14 w4 lr 0.1 seed 2" in text
+
+
+def test_a_trial_that_starts_again_is_announced_as_resumed_not_started() -> None:
+    """A worker retry, or a trial a restored search continues: one "resumed" line, the counts unchanged."""
+    earlier = [_row(1, "RUNNING", epochs_run=2, val_acc="0.7")]  # running when the driver stopped
+    progress, out, _ = _progress(total=2, earlier=earlier)
+    progress.event(STARTED, _row(0))
+    progress.event(EPOCH, _row(0, epochs_run=1, val_acc=0.6))
+    progress.event(RETRY, _row(0, epochs_run=1, val_acc=0.6))
+    progress.event(STARTED, _row(0))  # Ray restarts the retried trial
+    progress.event(STARTED, _row(1))  # the restored search continues trial 1
+    lines = [line.split("] ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines[3:] == ["trial 0 resumed from epoch 1/3", "trial 1 resumed from epoch 2/3"]
+    assert lines[0].startswith("trial 0 started: ")
+    assert progress.counts()["RUNNING"] == 2

@@ -263,6 +263,7 @@ def test_killed_grid_resumes_from_its_study_when_ray_state_is_gone(tmp_path: Pat
     assert "resuming from the study" not in proc.stderr
     total = plan["trials_planned"]
     assert f"{total}/{total} ended" in proc.stdout and f"/{total + 1} ended" not in proc.stdout, proc.stdout
+    assert " resumed from epoch " in proc.stdout  # the trial Ctrl-C stopped goes on; it is not "started" anew
     after = lmsearch.load_results(exp)
     done = after[after.state == "COMPLETE"]
     # every grid point completed exactly once; the finished trials were kept, not retrained
