@@ -275,3 +275,15 @@ def test_a_new_trial_count_on_a_restore_from_ray_state_is_refused(
     assert f"--num-samples {planned + 3}: {exp} is resumed from Ray's state, which keeps the {planned} trials" \
         in proc.stderr and "Traceback" not in proc.stderr
     assert {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()} == before
+
+
+def test_more_verbosity_than_ray_knows_is_its_most(tmp_path: Path) -> None:
+    """-vvvv is -vvv (Ray Tune knows verbosity 0-3; 4 used to raise inside Ray after the start)."""
+    space = tmp_path / "loud.yaml"
+    space.write_text("dataset: {name: synthetic, subset: 64}\nbudget: {epochs: 1}\n"
+                     "architecture: {scheme: euler, depth: 8, width: 4}\nsearch: {num_samples: 1}\n")
+    proc = subprocess.run([sys.executable, "-m", "lmsearch", "search", str(space), "--out", str(tmp_path / "exp"),
+                           "-vvvv"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "is not a valid Verbosity" not in proc.stderr + proc.stdout
+    assert lmsearch.load_results(tmp_path / "exp").state.tolist() == ["COMPLETE"]
