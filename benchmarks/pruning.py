@@ -51,7 +51,8 @@ def policies(eta: int, min_epochs: int) -> dict[str, dict]:
 
     ``pareto`` is the default Pareto pruner (hypervolume tie-break in a fixed frame and the
     reachability test); ``pareto-noreach`` drops the reachability test; ``pareto-old`` is the
-    rule before issue 16 (crowding-distance tie-break, no reachability test).
+    rule before issue 16 (crowding-distance tie-break, no reachability test); ``pareto-protect``
+    also lets the best trial so far of each scheme past the last rung (``protect_schemes``).
     """
     rung = {"eta": eta, "min_epochs": min_epochs}
     return {
@@ -61,6 +62,7 @@ def policies(eta: int, min_epochs: int) -> dict[str, dict]:
         "pareto": {"name": "pareto", **rung},
         "pareto-noreach": {"name": "pareto", **rung, "reach": False},
         "pareto-old": {"name": "pareto", **rung, "tie_break": "crowding", "reach": False},
+        "pareto-protect": {"name": "pareto", **rung, "protect_schemes": True},
     }
 
 
@@ -101,11 +103,17 @@ class Outcome:
     completed: set[str]
 
 
-def replay(table: pd.DataFrame, policy: dict, seed: int, workers: int) -> Outcome:
-    """One asynchronous search over the recorded trials in a seeded order."""
-    curves = {tid: g.sort_values("epoch") for tid, g in table.groupby("trial_id")}
-    order = sorted(curves)
+def trial_order(table: pd.DataFrame, seed: int, trials: int | None = None) -> list[str]:
+    """The seeded order the replay takes trials in; only its first ``trials`` with a subset."""
+    order = sorted(table.trial_id.unique())
     random.Random(seed).shuffle(order)
+    return order[:trials] if trials else order
+
+
+def replay(table: pd.DataFrame, policy: dict, seed: int, workers: int, trials: int | None = None) -> Outcome:
+    """One asynchronous search over the recorded trials (or a seeded subset of ``trials``) in a seeded order."""
+    curves = {tid: g.sort_values("epoch") for tid, g in table.groupby("trial_id")}
+    order = trial_order(table, seed, trials)
     budget = int(table.epoch.max())
     storage = optuna.storages.InMemoryStorage()  # the replay has no experiment folder
     study = optuna.create_study(storage=storage, study_name="replay", directions=["maximize", "minimize"])
@@ -122,6 +130,7 @@ def replay(table: pd.DataFrame, policy: dict, seed: int, workers: int) -> Outcom
         tid = queue.pop(0)
         ot_trials[tid] = study.ask()
         ot_trials[tid].set_user_attr("params", int(curves[tid].params.iloc[0]))
+        ot_trials[tid].set_user_attr("scheme", str(curves[tid].scheme.iloc[0]))
         tick += 1
         heapq.heappush(clock, (now + float(curves[tid].seconds.iloc[0]), tick, tid, 1))
 
@@ -172,14 +181,20 @@ def main() -> int:
     swp.add_argument("--workers", type=int, default=2)
     swp.add_argument("--etas", type=int, nargs="+", default=[2, 3, 4])
     swp.add_argument("--min-epochs-list", type=int, nargs="+", default=[1, 2, 3])
+    for cmd in (rep, swp):
+        cmd.add_argument("--epochs", type=int, help="cut the table at this epoch (the replayed budget; default all)")
+        cmd.add_argument("--trials", type=int,
+                         help="replay a seeded random subset of this many trials per seed (default all)")
     args = parser.parse_args()
     if args.command == "record":
         record(args.space, args.out, args.curves, args.node_ip)
         return 0
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    bench = Bench(pd.read_csv(args.curves, dtype={"trial_id": str}), args.seeds, args.workers)
-    print(f"{len(bench.final)} trials x {bench.budget} epochs, true front {len(bench.true_front)} points, "
+    table = pd.read_csv(args.curves, dtype={"trial_id": str})
+    bench = Bench(table, args.seeds, args.workers, args.epochs, args.trials)
+    subset = f", subsets of {bench.trials}" if bench.trials else ""
+    print(f"{len(bench.final)} trials x {bench.budget} epochs{subset}, true front {len(bench.true_front)} points, "
           f"{args.workers} workers, {args.seeds} seeds")
     if args.command == "sweep":
         rows = []
@@ -187,12 +202,11 @@ def main() -> int:
             for min_epochs in args.min_epochs_list:
                 if min_epochs >= bench.budget:
                     continue
-                for name in ("asha", "pareto", "pareto-noreach", "pareto-old"):
+                for name in ("asha", "pareto", "pareto-noreach", "pareto-old", "pareto-protect"):
                     r = bench.run(policies(eta, min_epochs)[name])
                     rows.append({"policy": name, "eta": eta, "min_epochs": min_epochs, **r})
         df = pd.DataFrame(rows)
         df["epochs_share"] = df.epochs / bench.none["epochs"]
-        df["hv_share"] = df.hypervolume / bench.none["hypervolume"]
         df["goal_met"] = goal_met(df)
         cols = ["policy", "eta", "min_epochs", "epochs_share", "hv_share", "front_found", "goal_met"]
         print(df[cols].to_string(index=False, float_format="%.3f"))
@@ -203,8 +217,8 @@ def main() -> int:
             for name, policy in policies(args.eta, args.min_epochs).items()]
     df = pd.DataFrame(rows).set_index("policy")
     df["epochs_share"] = df.epochs / df.loc["none", "epochs"]
-    df["hv_share"] = df.hypervolume / df.loc["none", "hypervolume"]
-    print(df[["epochs", "epochs_share", "hypervolume", "hv_share", "front_found"]].to_string(float_format="%.3f"))
+    cols = ["epochs", "epochs_share", "hypervolume", "hv_share", "front_found", "completed", "schemes_on_front"]
+    print(df[cols].to_string(float_format="%.3f"))
     p, a = df.loc["pareto"], df.loc["asha"]
     print(f"pareto: true front found {p.front_found:.1%} with {p.epochs_share:.1%} of the epochs and "
           f"{p.hv_share:.1%} of the hypervolume (goal >= 85%, <= 30%, >= 99%: "
@@ -219,29 +233,52 @@ def goal_met(df: pd.DataFrame) -> pd.Series:
 
 
 class Bench:
-    """The recorded table, its true front and the fixed hypervolume reference point."""
+    """The recorded table (cut at ``epochs``), each seed's trials and true front, and the fixed reference point.
 
-    def __init__(self, table: pd.DataFrame, seeds: int, workers: int) -> None:
-        self.table, self.seeds, self.workers = table, seeds, workers
+    ``trials``: replay a seeded random subset of that many trials per seed (default all);
+    each seed's shares are then taken against no pruning on the same subset.
+    """
+
+    def __init__(self, table: pd.DataFrame, seeds: int, workers: int, epochs: int | None = None,
+                 trials: int | None = None) -> None:
+        if epochs is not None:
+            if not 1 <= epochs <= table.epoch.max():
+                raise SystemExit(f"--epochs must be between 1 and {table.epoch.max()} (the table's budget)")
+            table = table[table.epoch <= epochs]
+        if trials is not None and not 1 <= trials <= table.trial_id.nunique():
+            raise SystemExit(f"--trials must be between 1 and {table.trial_id.nunique()} (the table's trials)")
+        self.table, self.seeds, self.workers, self.trials = table, seeds, workers, trials
         self.budget = int(table.epoch.max())
         self.final = table[table.epoch == self.budget].set_index("trial_id")
-        points = np.column_stack([-self.final.val_acc.to_numpy(), self.final.params.to_numpy(dtype=float)])
-        self.true_front = set(self.final.index[~dominated_mask(points)])
         self.ref = [0.0, float(self.final.params.max()) * 1.1]  # accuracy 0, 110% of the largest net
+        self.true_front = self.front(set(self.final.index))
         self.none = self.run({"name": "none"})
+
+    def front(self, ids: set[str]) -> set[str]:
+        """The non-dominated trials of ``ids`` by final accuracy and parameters."""
+        sub = self.final.loc[sorted(ids)]
+        points = np.column_stack([-sub.val_acc.to_numpy(), sub.params.to_numpy(dtype=float)])
+        return set(sub.index[~dominated_mask(points)]) if ids else set()
 
     def hv(self, ids: set[str]) -> float:
         sub = self.final.loc[sorted(ids)]
         return hypervolume_points(np.column_stack([-sub.val_acc, sub.params.astype(float)]), self.ref) if ids else 0.0
 
     def run(self, policy: dict) -> dict[str, float]:
-        """Mean over seeds of epochs used, hypervolume of the completed trials and share of the true front found."""
-        outs = [replay(self.table, policy, seed, self.workers) for seed in range(self.seeds)]
-        return {
-            "epochs": float(np.mean([o.epochs for o in outs])),
-            "hypervolume": float(np.mean([self.hv(o.completed) for o in outs])),
-            "front_found": float(np.mean([len(o.completed & self.true_front) / len(self.true_front) for o in outs])),
-        }
+        """Means over seeds: epochs used, hypervolume of the completed trials (and its share of no
+        pruning's on the same trials), share of the true front found, trials completed, and schemes on
+        the front of the completed trials."""
+        rows = []
+        for seed in range(self.seeds):
+            ids = set(trial_order(self.table, seed, self.trials))
+            out = replay(self.table, policy, seed, self.workers, self.trials)
+            true_front, found = self.front(ids), self.front(out.completed)
+            rows.append({"epochs": out.epochs, "hypervolume": self.hv(out.completed),
+                         "hv_share": self.hv(out.completed) / self.hv(ids),
+                         "front_found": len(out.completed & true_front) / len(true_front),
+                         "completed": len(out.completed),
+                         "schemes_on_front": self.final.loc[sorted(found), "scheme"].nunique()})
+        return pd.DataFrame(rows).mean().to_dict()
 
 
 if __name__ == "__main__":

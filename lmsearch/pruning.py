@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from lmsearch.pareto import crowding_distance, hypervolume_points, nondominated_rank
-from lmsearch.searcher import PARAMS_ATTR, StudyRecord, study_storage_url
+from lmsearch.searcher import PARAMS_ATTR, SCHEME_ATTR, StudyRecord, study_storage_url
 
 #: User attribute the scheduler sets on a trial it stops: the epoch it was stopped at.
 PRUNED_AT_ATTR = "pruned_at_epoch"
@@ -79,6 +79,13 @@ class ParetoPruner(BasePruner):
               (the default before issue 16, with ``reach=False``).
         reach: also stop a trial of the quota that could no longer reach the front
             (:meth:`reachable`); ``False`` is plain successive halving by rank.
+        protect_schemes: at the last rung, a trial outside the quota still goes on if it
+            is the most accurate so far of its scheme at that rung (the reachability
+            test still applies), so that every scheme tried has a chance at the
+            front (issue 16). A trial's scheme is its user attribute ``scheme`` (set
+            by the searcher; the canonical scheme, so an lm net without LM steps
+            counts as euler), else its sampled parameter ``scheme``; a trial with
+            neither is never protected.
 
     A trial's accuracy at a rung is its intermediate value at that epoch; its
     parameter count is the user attribute ``params`` set when it was sampled. A
@@ -94,13 +101,13 @@ class ParetoPruner(BasePruner):
     TYPICAL_GAIN = 0.5
 
     def __init__(self, eta: int = 3, min_epochs: int = 1, max_epochs: int = 100,
-                 tie_break: str = "fixed_hypervolume", reach: bool = True) -> None:
+                 tie_break: str = "fixed_hypervolume", reach: bool = True, protect_schemes: bool = False) -> None:
         if eta < 2:
             raise ValueError(f"eta must be >= 2; got {eta}")
         if tie_break not in TIE_BREAKS:
             raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}; got {tie_break!r}")
         self.eta, self.min_epochs, self.max_epochs, self.tie_break = eta, min_epochs, max_epochs, tie_break
-        self.reach = bool(reach)
+        self.reach, self.protect_schemes = bool(reach), bool(protect_schemes)
         self.rungs = rungs(min_epochs, eta, max_epochs)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
@@ -113,9 +120,20 @@ class ParetoPruner(BasePruner):
         points = [(t.intermediate_values[step], t.user_attrs[PARAMS_ATTR]) for t in peers]
         points.append((trial.intermediate_values[step], trial.user_attrs[PARAMS_ATTR]))
         largest = max(t.user_attrs[PARAMS_ATTR] for t in trials if PARAMS_ATTR in t.user_attrs)
-        if not self.survives(np.asarray(points, dtype=float), len(points) - 1, largest):
+        if not self.survives(np.asarray(points, dtype=float), len(points) - 1, largest) \
+                and not (self.protect_schemes and step == self.rungs[-1] and self.best_of_its_scheme(peers, trial, step)):
             return True
         return self.reach and not self.reachable(trials, trial, step)
+
+    @staticmethod
+    def best_of_its_scheme(peers: list[FrozenTrial], trial: FrozenTrial, step: int) -> bool:
+        """Whether ``trial`` is at least as accurate at ``step`` as every peer of its scheme (which reached ``step``)."""
+        scheme = scheme_of(trial)
+        if scheme is None:
+            return False
+        accuracy = trial.intermediate_values[step]
+        rivals = [t.intermediate_values[step] for t in peers if scheme_of(t) == scheme]
+        return not math.isnan(accuracy) and all(accuracy >= r for r in rivals if not math.isnan(r))
 
     def survives(self, points: np.ndarray, index: int, largest: float | None = None) -> bool:
         """Whether ``points[index]`` ranks in the top ``ceil(n / eta)`` of ``points`` (accuracy, params)."""
@@ -202,6 +220,12 @@ class ParetoPruner(BasePruner):
         return True
 
 
+def scheme_of(trial: FrozenTrial) -> str | None:
+    """A trial's canonical scheme (user attribute), else its sampled scheme, else None."""
+    scheme = trial.user_attrs.get(SCHEME_ATTR, trial.params.get("scheme"))
+    return None if scheme is None else str(scheme)
+
+
 def hypervolume_contributions(points: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Exclusive hypervolume contribution of each (minimised) point w.r.t. ``ref``; 0 for non-finite points."""
     points = np.asarray(points, dtype=float)
@@ -276,7 +300,8 @@ def make_pruner(config: dict[str, Any], max_epochs: int) -> BasePruner:
     if name == "pareto":
         return ParetoPruner(eta=eta, min_epochs=min_epochs, max_epochs=max_epochs,
                             tie_break=config.get("tie_break", "fixed_hypervolume"),
-                            reach=bool(config.get("reach", True)))
+                            reach=bool(config.get("reach", True)),
+                            protect_schemes=bool(config.get("protect_schemes", False)))
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup)
     if name == "percentile":

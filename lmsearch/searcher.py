@@ -27,12 +27,13 @@ from lmsearch.results import STUDY_FILE
 from lmsearch.space import SearchSpace
 from lmsearch.states import COMPLETE, FAILED, PRUNED, ROW_STATE_OF_OPTUNA, trial_outcome
 
-__all__ = ["StudySearcher", "StudyRecord", "make_sampler", "scheme_startup", "study_storage_url", "EPOCH_METRIC", "PARAMS_ATTR",
-           "DEPTH_ATTR"]
+__all__ = ["StudySearcher", "StudyRecord", "make_sampler", "scheme_startup", "study_storage_url", "EPOCH_METRIC",
+           "PARAMS_ATTR", "SCHEME_ATTR", "DEPTH_ATTR"]
 
 #: The per-epoch result recorded as a trial's intermediate value (its learning curve; what pruners judge).
 EPOCH_METRIC = "val_acc"
 PARAMS_ATTR = "params"  # user attribute: the parameter count, the Pareto pruner's second objective
+SCHEME_ATTR = "scheme"  # user attribute: the canonical scheme (an lm net without LM steps is euler)
 DEPTH_ATTR = "depth"  # user attribute: the depth, whichever per-scheme parameter (depth_lm, ...) sampled it
 ORPHANED_ATTR = "orphaned"
 REQUEUED_ATTR = "requeued_from"
@@ -243,6 +244,7 @@ class StudySearcher(Searcher):
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
         trial.set_user_attr(PARAMS_ATTR, config["params"])
         trial.set_user_attr(DEPTH_ATTR, config["spec"]["depth"])
+        trial.set_user_attr(SCHEME_ATTR, config["spec"]["scheme"])
         self._numbers[trial_id] = trial.number
         return {**trial.params, **config}
 

@@ -897,7 +897,7 @@ def _parse_pruner(r: _Reader, value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = {"name": value}
     value = r.mapping(value, "search.pruner", ("name", "eta", "min_epochs", "percentile", "warmup_epochs",
-                                               "tie_break", "reach"))
+                                               "tie_break", "reach", "protect_schemes"))
     out = {"name": r.choice(value.get("name", "none"), "search.pruner.name", PRUNERS)}
     if "eta" in value:
         out["eta"] = r.number(value["eta"], "search.pruner.eta", integer=True, low=2, high=1000)
@@ -910,8 +910,9 @@ def _parse_pruner(r: _Reader, value: Any) -> dict[str, Any]:
     if "tie_break" in value:
         out["tie_break"] = r.choice(value["tie_break"], "search.pruner.tie_break",
                                     ("fixed_hypervolume", "crowding", "hypervolume"))
-    if "reach" in value:
-        out["reach"] = r.boolean(value["reach"], "search.pruner.reach")
+    for key in ("reach", "protect_schemes"):
+        if key in value:
+            out[key] = r.boolean(value[key], f"search.pruner.{key}")
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.schedulers import TrialScheduler
 
-from lmsearch.pruning import ParetoPruner, PrunerScheduler, make_pruner, make_scheduler, rungs
+from lmsearch.pruning import ParetoPruner, PrunerScheduler, make_pruner, make_scheduler, rungs, scheme_of
 from lmsearch.searcher import StudySearcher
 from lmsearch.space import load_space
 
@@ -123,11 +123,12 @@ def test_make_pruner_and_space_pass_the_pareto_options(tmp_path: Path) -> None:
     pruner = make_pruner({"name": "pareto"}, max_epochs=9)
     assert (pruner.tie_break, pruner.reach) == ("fixed_hypervolume", True)
     pruner = make_pruner({"name": "pareto", "tie_break": "crowding", "reach": False}, max_epochs=9)
-    assert (pruner.tie_break, pruner.reach) == ("crowding", False)
+    assert (pruner.tie_break, pruner.reach, pruner.protect_schemes) == ("crowding", False, False)
+    assert make_pruner({"name": "pareto", "protect_schemes": True}, max_epochs=9).protect_schemes is True
     with pytest.raises(ValueError, match="tie_break"):
         ParetoPruner(tie_break="volume")
     text = (Path(__file__).resolve().parent.parent / "search_spaces" / "fashion_quick.yaml").read_text()
-    good = text.replace("pruner: {name: pareto, eta: 3, min_epochs: 1}",
+    good = text.replace("pruner: {name: pareto, eta: 3, min_epochs: 1, protect_schemes: true}",
                         "pruner: {name: pareto, eta: 3, min_epochs: 1, tie_break: fixed_hypervolume, reach: false}")
     assert good != text
     (tmp_path / "good.yaml").write_text(good)
@@ -135,6 +136,59 @@ def test_make_pruner_and_space_pass_the_pareto_options(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(good.replace("reach: false", "reach: 1"))
     with pytest.raises(Exception, match="reach"):
         load_space(tmp_path / "bad.yaml", check_data_dir=False)
+    (tmp_path / "protect.yaml").write_text(good.replace("reach: false", "protect_schemes: true"))
+    assert load_space(tmp_path / "protect.yaml", check_data_dir=False).pruner["protect_schemes"] is True
+    (tmp_path / "bad_protect.yaml").write_text(good.replace("reach: false", "protect_schemes: yes please"))
+    with pytest.raises(Exception, match="search.pruner.protect_schemes"):
+        load_space(tmp_path / "bad_protect.yaml", check_data_dir=False)
+
+
+def _rung_study(*trials: FrozenTrial) -> SimpleNamespace:
+    return SimpleNamespace(get_trials=lambda deepcopy=True, states=None: list(trials))
+
+
+def test_protect_schemes_lets_each_schemes_best_past_the_last_rung_only() -> None:
+    # Budget 9, eta 3: rungs at epochs 1 and 3. Three euler/lm nets dominate x (rev), and
+    # 4 points keep ceil(4 / 3) = 2, so plain successive halving stops x at either rung.
+    peers = [_frozen(0, {1: 0.50, 3: 0.80}, 100, TrialState.RUNNING, scheme="euler"),
+             _frozen(1, {1: 0.52, 3: 0.82}, 90, TrialState.RUNNING, scheme="euler"),
+             _frozen(2, {1: 0.55, 3: 0.85}, 80, TrialState.RUNNING, scheme="lm")]
+    x = _frozen(10, {1: 0.40, 3: 0.70}, 120, TrialState.RUNNING, scheme="rev")
+    x_at_1 = _frozen(10, {1: 0.40}, 120, TrialState.RUNNING, scheme="rev")
+    plain, protect = ParetoPruner(eta=3, max_epochs=9), ParetoPruner(eta=3, max_epochs=9, protect_schemes=True)
+    assert plain.rungs == [1, 3]
+    assert plain.prune(_rung_study(*peers, x), x)
+    assert not protect.prune(_rung_study(*peers, x), x)                 # the only rev at the last rung
+    assert protect.prune(_rung_study(*peers, x_at_1), x_at_1)            # rung 1 is not the last
+    better_rev = _frozen(3, {1: 0.45, 3: 0.75}, 130, TrialState.PRUNED, scheme="rev")
+    assert protect.prune(_rung_study(*peers, better_rev, x), x)          # a rev did better at epoch 3
+    tie = _frozen(3, {1: 0.45, 3: 0.70}, 130, TrialState.PRUNED, scheme="rev")
+    assert not protect.prune(_rung_study(*peers, tie, x), x)             # a tie is still the best so far
+    nan = _frozen(10, {1: 0.40, 3: float("nan")}, 120, TrialState.RUNNING, scheme="rev")
+    assert protect.prune(_rung_study(*peers, nan), nan)
+    schemeless = _frozen(10, {1: 0.40, 3: 0.70}, 120, TrialState.RUNNING)
+    assert protect.prune(_rung_study(*peers, schemeless), schemeless)    # an old study's trial: no protection
+
+
+def test_protect_schemes_still_applies_the_reach_test() -> None:
+    # x (rev) is the best rev at rung 3, but the small strong net (0.80 final at 50 params)
+    # dominates its optimistic final point (0.73 + 0.065, 60): it cannot reach the front.
+    population = [_frozen(t.number, t.intermediate_values, t.user_attrs["params"], scheme="euler")
+                  for t in _reach_population()]
+    x = _frozen(10, {3: 0.73}, 60, TrialState.RUNNING, scheme="rev")
+    assert ParetoPruner(eta=3, max_epochs=9, protect_schemes=True).prune(_rung_study(*population, x), x)
+    assert not ParetoPruner(eta=3, max_epochs=9, protect_schemes=True, reach=False).prune(
+        _rung_study(*population, x), x)
+
+
+def test_scheme_of_prefers_the_canonical_scheme() -> None:
+    dist = {"scheme": optuna.distributions.CategoricalDistribution(["euler", "lm"])}
+    sampled = optuna.trial.create_trial(state=TrialState.RUNNING, params={"scheme": "lm"}, distributions=dist)
+    assert scheme_of(sampled) == "lm"
+    canonical = optuna.trial.create_trial(state=TrialState.RUNNING, params={"scheme": "lm"}, distributions=dist,
+                                          user_attrs={"scheme": "euler"})
+    assert scheme_of(canonical) == "euler"
+    assert scheme_of(optuna.trial.create_trial(state=TrialState.RUNNING)) is None
 
 
 def test_pareto_keeps_what_accuracy_alone_would_prune() -> None:

@@ -109,6 +109,7 @@ def test_every_sampler_drives_a_conditional_space_through_the_searcher(tmp_path:
         spec = config["spec"]
         # one depth per trial, whichever per-scheme parameter sampled it
         assert t.user_attrs["depth"] == spec["depth"] == t.params[f"depth_{spec['scheme']}"]
+        assert t.user_attrs["scheme"] == spec["scheme"] == t.params["scheme"]  # what protect_schemes reads
         assert spec["depth"] in space.depth_by_scheme[spec["scheme"]].choices  # type: ignore[index]
         assert not any(p.startswith("depth_") and p != f"depth_{spec['scheme']}" for p in t.params)
         assert ("noise_prob" in t.params) == (spec["noise"] == "stochastic_depth")
