@@ -36,7 +36,7 @@ SPACE = """
 name: chaos
 dataset: {{name: fashion-mnist, subset: {subset}}}
 budget: {{epochs: {epochs}}}
-architecture: {{scheme: [euler, poly], depth: [8, 14], width: 4}}
+architecture: {{scheme: [euler, poly], depth: {depths}, width: 4}}
 training: {{batch_size: 64, lr: 0.05, seed: [1, 2]}}
 search: {{sampler: grid, seed: 0}}
 resources: {{cpu: 1, max_failures: 2}}
@@ -76,6 +76,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--subset", type=int, default=512, help="training images per trial")
+    parser.add_argument("--depths", type=int, nargs="+", default=[8, 14],
+                        help="depths of the grid (2 schemes x depths x 2 seeds; default 8 14: 8 trials)")
     parser.add_argument("--min-wait", type=float, default=8.0, help="earliest kill, seconds after a (re)start")
     parser.add_argument("--max-wait", type=float, default=30.0, help="latest kill, seconds after a (re)start")
     parser.add_argument("--workdir", type=Path, help="keep the experiments here (default: a temp folder)")
@@ -84,7 +86,7 @@ def main() -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lmsearch-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     space = work / "chaos.yaml"
-    space.write_text(textwrap.dedent(SPACE.format(subset=args.subset, epochs=args.epochs)))
+    space.write_text(textwrap.dedent(SPACE.format(subset=args.subset, epochs=args.epochs, depths=list(args.depths))))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
     t0 = time.time()

@@ -16,10 +16,18 @@ the same pruner code the search uses (lmsearch.pruning.PrunerScheduler):
 
 For every policy (none, ASHA on accuracy alone = Optuna's successive halving,
 median, and the Pareto pruner: its default ``pareto``, ``pareto-noreach`` without
-the reachability test, ``pareto-old`` the rule before issue 16) it prints the mean over seeds of: epochs used (and the share of
-no-pruning's), final hypervolume of the COMPLETE trials (objectives: accuracy
-max, parameters min; fixed reference point) as a share of no-pruning's, and the
-share of the true Pareto front (of all trials' final values) that was found.
+the reachability test, ``pareto-old`` the rule before issue 16, ``pareto-protect``
+with ``protect_schemes``) it prints the mean over seeds of: epochs used (and the
+share of no-pruning's), final hypervolume of the COMPLETE trials (objectives:
+accuracy max, parameters min; fixed reference point) and its share of
+no-pruning's, the share of the true Pareto front (of the replayed trials' final
+values) that was found, the trials completed, and the schemes on the front of the
+completed trials (canonical schemes: an lm net without LM steps is euler).
+
+``--epochs N`` cuts the table at epoch N (the replayed budget) and ``--trials N``
+replays a seeded random subset of N trials per seed, e.g. the main job's setting:
+
+    python benchmarks/pruning.py replay --epochs 6 --trials 24 --seeds 30
 """
 
 from __future__ import annotations
@@ -103,6 +111,17 @@ class Outcome:
     completed: set[str]
 
 
+def canonical_schemes(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each trial's canonical scheme, as the searcher records it: an lm net
+    without an LM step (one block per stage, e.g. depth 8) is the euler net. The recording
+    spaces use basic blocks."""
+    from lmsearch.arch import ArchSpec
+
+    scheme = {(s, d): ArchSpec(scheme=s, depth=int(d), block="basic").canonical().scheme
+              for s, d in table[["scheme", "depth"]].drop_duplicates().itertuples(index=False)}
+    return table.assign(scheme=[scheme[(s, d)] for s, d in zip(table.scheme, table.depth, strict=True)])
+
+
 def trial_order(table: pd.DataFrame, seed: int, trials: int | None = None) -> list[str]:
     """The seeded order the replay takes trials in; only its first ``trials`` with a subset."""
     order = sorted(table.trial_id.unique())
@@ -182,7 +201,9 @@ def main() -> int:
     swp.add_argument("--etas", type=int, nargs="+", default=[2, 3, 4])
     swp.add_argument("--min-epochs-list", type=int, nargs="+", default=[1, 2, 3])
     for cmd in (rep, swp):
-        cmd.add_argument("--epochs", type=int, help="cut the table at this epoch (the replayed budget; default all)")
+        cmd.add_argument("--epochs", type=int,
+                         help="cut the table at this epoch (the replayed budget; default all). The curves stay "
+                              "those of the recorded budget: a cosine schedule has not annealed by the cut")
         cmd.add_argument("--trials", type=int,
                          help="replay a seeded random subset of this many trials per seed (default all)")
     args = parser.parse_args()
@@ -191,10 +212,10 @@ def main() -> int:
         return 0
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    table = pd.read_csv(args.curves, dtype={"trial_id": str})
+    table = canonical_schemes(pd.read_csv(args.curves, dtype={"trial_id": str}))
     bench = Bench(table, args.seeds, args.workers, args.epochs, args.trials)
-    subset = f", subsets of {bench.trials}" if bench.trials else ""
-    print(f"{len(bench.final)} trials x {bench.budget} epochs{subset}, true front {len(bench.true_front)} points, "
+    subset = f", seeded subsets of {bench.trials} (each with its own true front)" if bench.trials else ""
+    print(f"{len(bench.final)} trials x {bench.budget} epochs, true front {len(bench.true_front)} points{subset}, "
           f"{args.workers} workers, {args.seeds} seeds")
     if args.command == "sweep":
         rows = []

@@ -81,11 +81,15 @@ class ParetoPruner(BasePruner):
             (:meth:`reachable`); ``False`` is plain successive halving by rank.
         protect_schemes: at the last rung, a trial outside the quota still goes on if it
             is the most accurate so far of its scheme at that rung (the reachability
-            test still applies), so that every scheme tried has a chance at the
-            front (issue 16). A trial's scheme is its user attribute ``scheme`` (set
-            by the searcher; the canonical scheme, so an lm net without LM steps
-            counts as euler), else its sampled parameter ``scheme``; a trial with
-            neither is never protected.
+            test still applies), so that a scheme whose best net trails at that rung
+            still gets one net trained to the end (issue 16). Rivals are the trials of
+            the same scheme that reached the rung, failed ones excepted; in a space of
+            one scheme the most accurate trial so far is protected. A trial's scheme is
+            its user attribute ``scheme`` (set by the searcher: the canonical scheme,
+            so an lm net without LM steps counts as euler), else its sampled parameter
+            ``scheme``; a trial with neither is never protected nor a rival. (A resumed
+            search keeps the pruner it started with, so a study never mixes trials
+            judged with and without this option.)
 
     A trial's accuracy at a rung is its intermediate value at that epoch; its
     parameter count is the user attribute ``params`` set when it was sampled. A
@@ -127,12 +131,13 @@ class ParetoPruner(BasePruner):
 
     @staticmethod
     def best_of_its_scheme(peers: list[FrozenTrial], trial: FrozenTrial, step: int) -> bool:
-        """Whether ``trial`` is at least as accurate at ``step`` as every peer of its scheme (which reached ``step``)."""
+        """Whether ``trial`` is at least as accurate at ``step`` as every peer of its scheme that reached
+        ``step`` and did not fail (NaN accuracies are no rivals; a NaN trial is never the best)."""
         scheme = scheme_of(trial)
         if scheme is None:
             return False
         accuracy = trial.intermediate_values[step]
-        rivals = [t.intermediate_values[step] for t in peers if scheme_of(t) == scheme]
+        rivals = [t.intermediate_values[step] for t in peers if scheme_of(t) == scheme and t.state != TrialState.FAIL]
         return not math.isnan(accuracy) and all(accuracy >= r for r in rivals if not math.isnan(r))
 
     def survives(self, points: np.ndarray, index: int, largest: float | None = None) -> bool:

@@ -102,11 +102,14 @@ def _check_output(exp_dir: Path, resume: bool) -> None:
                           f"or --out to start a new one elsewhere")
 
 
-def _load_for_run(space_path: str | Path, exp_dir: Path, resume: bool, name: str | None) -> SearchSpace:
+def _load_for_run(space_path: str | Path, exp_dir: Path, previous: dict[str, Any] | None,
+                  name: str | None) -> SearchSpace:
+    """The space a run searches: ``space_path``'s, or on a resume (``previous``: the folder's
+    experiment.json) the copy saved by the first run, with that run's overrides."""
     copy = exp_dir / SPACE_COPY
-    if resume and copy.is_file():
+    if previous is not None and copy.is_file():
         # A resumed search must keep the space it started with (Ray Tune and Optuna both expect it).
-        meta = results.read_experiment(exp_dir)
+        meta = previous
         space = load_space(copy, name=name or meta.get("name"))
         # the command-line overrides of the first run (--num-samples, --pruner) stay in force
         space = dataclasses.replace(space, num_samples=meta.get("num_samples", space.num_samples),
@@ -198,7 +201,8 @@ def run_search(
         else:
             raise SearchError(f"output folder {exp_dir} keeps disappearing; is another program removing it?")
         _check_output(exp_dir, resume)
-        space = _load_for_run(space_path, exp_dir, resume, name)
+        previous = results.read_experiment(exp_dir) if resume else None  # read once: the run it continues
+        space = _load_for_run(space_path, exp_dir, previous, name)
         if num_samples is not None:
             if num_samples < 1:
                 raise SearchError(f"--num-samples must be >= 1; got {num_samples}")
@@ -217,7 +221,7 @@ def run_search(
             _check_study(exp_dir, space.name)
         with _library_output(verbose):
             return _run(space, exp_dir, space_file=None if resume else Path(space_path), address=address,
-                        resume=resume, node_ip=node_ip, verbose=verbose, progress=progress)
+                        previous=previous, node_ip=node_ip, verbose=verbose, progress=progress)
     finally:
         held = lock.held
         lock.release()
@@ -235,15 +239,15 @@ def _experiment_meta(space: SearchSpace, status: str, created: str, plan: dict[s
     }
 
 
-def _restored_plan(exp_dir: Path, space: SearchSpace) -> dict[str, int]:
+def _restored_plan(meta: dict[str, Any], space: SearchSpace) -> dict[str, int]:
     """The plan of the Ray experiment a restore continues: how many trials its Tuner was given
     (``ray_trials``) and how many rows trials.csv has when it ends (``trials_planned``).
 
     A search resumed from its study runs fewer Ray trials than ``num_samples`` and keeps its
     interrupted trials as FAILED rows beside their reruns, so neither follows from the space.
-    Folders written before these keys existed fall back to ``num_samples``.
+    ``meta`` is the folder's experiment.json; folders written before these keys existed fall
+    back to ``num_samples``.
     """
-    meta = results.read_experiment(exp_dir)
     plan = {}
     for key in ("ray_trials", "trials_planned"):
         value = meta.get(key)
@@ -348,9 +352,11 @@ def _library_output(verbose: int) -> Any:
             logger.removeFilter(drop)
 
 
-def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address: str | None, resume: bool,
-         node_ip: str | None, verbose: int, progress: bool) -> Path:
+def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address: str | None,
+         previous: dict[str, Any] | None, node_ip: str | None, verbose: int, progress: bool) -> Path:
     """Check the data, the cluster and the resources, then run the Tuner.
+
+    ``previous``: on a resume, the folder's experiment.json (None for a new search).
 
     Until the Tuner runs, a new search that fails removes what it wrote (``space_file``'s
     copy, study.db, ray/) and a resumed one leaves its folder, experiment.json included,
@@ -373,8 +379,8 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
     for note in space.notes:
         print(f"lmsearch: {note}")
     _check_address(address)
-    created = results.read_experiment(exp_dir).get("created") if resume else None
-    created = created or _dt.datetime.now().isoformat(timespec="seconds")
+    resume = previous is not None
+    created = (previous or {}).get("created") or _dt.datetime.now().isoformat(timespec="seconds")
     existed = {path for path in _start_files(exp_dir) if path.exists()}
     started_here = not ray.is_initialized()
     began = undo = False  # began: the Tuner runs, and from then on the folder is a search --resume continues
@@ -399,7 +405,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
                 to_run, earlier = _continue_from_study(searcher, space, exp_dir)
             plan = {"ray_trials": to_run, "trials_planned": len(earlier) + to_run}
         else:
-            plan = _restored_plan(exp_dir, space)
+            plan = _restored_plan(previous or {}, space)
             to_run = plan["ray_trials"]
         lines = SearchProgress(plan["trials_planned"], space.epochs, [(o.name, o.direction) for o in space.objectives],
                                earlier=earlier or results.read_trial_rows(exp_dir)) if progress else None

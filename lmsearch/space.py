@@ -297,10 +297,19 @@ class SearchSpace:
         yield from walk(0, {}, {})
 
     def grid(self) -> list[dict[str, Any]]:
-        """Every point of a ``sampler: grid`` space, keyed by Optuna parameter names."""
+        """Every point of a ``sampler: grid`` space, keyed by Optuna parameter names.
+
+        Architectures that are one network (an lm layout without an LM step is the euler
+        net of that layout, see :meth:`ArchSpec.canonical`) are one point: the first listed.
+        """
         # Training choices (seeds) vary slowest, so a grid cut short still covers
         # every architecture once before it repeats any.
-        points = [point for point, _ in self.arch_points()]
+        points, seen = [], set()
+        for point, arch in self.arch_points():
+            net = ArchSpec(**_spec_fields(arch)).canonical()
+            if net not in seen:
+                seen.add(net)
+                points.append(point)
         for key, param in self.train.items():
             if not param.is_fixed:
                 points = [{**p, key: v} for v in param.choices or () for p in points]
@@ -632,6 +641,11 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
     if sampler == "grid":
         _check_grid(r, space, n_archs)
         default_samples = len(space.grid())
+        twins = n_archs * math.prod(len(p.choices or ()) for p in space.train.values()) - default_samples
+        if twins:
+            space = replace(space, notes=(*space.notes, f"architecture: {twins} grid point(s) left out: lm layouts "
+                                                        f"without an LM step are the euler nets of the same layout, "
+                                                        f"which the grid has"))
     else:
         default_samples = 10
     num_samples = r.number(search.get("num_samples", default_samples), "search.num_samples", integer=True, low=1,
@@ -893,6 +907,17 @@ def _parse_training(r: _Reader, value: Any) -> dict[str, Param]:
             for key in TRAIN_KEYS}
 
 
+#: The options each pruner reads (lmsearch.pruning.make_pruner).
+PRUNER_OPTIONS = {
+    "pareto": ("eta", "min_epochs", "tie_break", "reach", "protect_schemes"),
+    "successive_halving": ("eta", "min_epochs"),
+    "hyperband": ("eta", "min_epochs"),
+    "median": ("warmup_epochs",),
+    "percentile": ("percentile", "warmup_epochs"),
+    "none": (),
+}
+
+
 def _parse_pruner(r: _Reader, value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = {"name": value}
@@ -913,6 +938,12 @@ def _parse_pruner(r: _Reader, value: Any) -> dict[str, Any]:
     for key in ("reach", "protect_schemes"):
         if key in value:
             out[key] = r.boolean(value[key], f"search.pruner.{key}")
+    # an option of another pruner would be silently ignored
+    own = PRUNER_OPTIONS[out["name"]]
+    for key in value:
+        if key != "name" and key not in own:
+            has = ", ".join(own) or "no options"
+            raise r.fail(f"search.pruner.{key}", f"not an option of the {out['name']} pruner (it has {has})")
     return out
 
 

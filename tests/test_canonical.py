@@ -102,3 +102,16 @@ def test_a_net_without_lm_steps_has_one_spelling_whatever_its_k_fields(scheme: s
 def test_an_lm_net_with_lm_steps_keeps_its_k_fields() -> None:
     spec = ArchSpec(scheme="lm", depth=14, width=4, lm_k="channel", lm_k_init="zero")
     assert spec.canonical() is spec
+
+
+def test_a_grid_trains_an_lm_layout_without_lm_step_once_as_its_euler_twin(tmp_path: Path) -> None:
+    # Depth 10 has layouts with LM steps ((2, 2)) and without ((1, 1, 1, 1)): the depth stays,
+    # and the grid drops lm (1, 1, 1, 1), the same net as euler (1, 1, 1, 1), with a note.
+    space = load_space(_space(tmp_path, "{scheme: [euler, lm], stages: [[1, 1, 1, 1], [2, 2]], depth: 10, width: 4}"))
+    assert space.grid() == [{"scheme": "euler", "stages": (1, 1, 1, 1)}, {"scheme": "euler", "stages": (2, 2)},
+                            {"scheme": "lm", "stages": (2, 2)}]
+    assert space.num_samples == 3
+    assert space.notes == ("architecture: 1 grid point(s) left out: lm layouts without an LM step are the euler "
+                           "nets of the same layout, which the grid has",)
+    only_lm = load_space(_space(tmp_path, "{scheme: lm, stages: [[1, 1, 1, 1], [2, 2]], depth: 10, width: 4}"))
+    assert only_lm.num_samples == 2 and only_lm.notes == ()  # no twin: trained once, as the euler net

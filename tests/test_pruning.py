@@ -171,14 +171,53 @@ def test_protect_schemes_lets_each_schemes_best_past_the_last_rung_only() -> Non
 
 
 def test_protect_schemes_still_applies_the_reach_test() -> None:
-    # x (rev) is the best rev at rung 3, but the small strong net (0.80 final at 50 params)
-    # dominates its optimistic final point (0.73 + 0.065, 60): it cannot reach the front.
+    # Rung 3 of budget 9: the completed population of _reach_population (euler) and two running
+    # euler nets (0.80, 55) and (0.78, 58) that dominate x = (0.73, 60), the only rev: x is outside
+    # the quota (7 points keep 3, all on front 0), so only protection keeps it. But the running
+    # (0.80, 55) is expected at 0.80 + 0.05 (median gain) = 0.85, which dominates x's optimistic
+    # final point 0.73 + 0.065 = 0.795 at 60 params: x cannot reach the front, and reach stops it.
     population = [_frozen(t.number, t.intermediate_values, t.user_attrs["params"], scheme="euler")
                   for t in _reach_population()]
+    population += [_frozen(4, {3: 0.80}, 55, TrialState.RUNNING, scheme="euler"),
+                   _frozen(5, {3: 0.78}, 58, TrialState.RUNNING, scheme="euler")]
     x = _frozen(10, {3: 0.73}, 60, TrialState.RUNNING, scheme="rev")
-    assert ParetoPruner(eta=3, max_epochs=9, protect_schemes=True).prune(_rung_study(*population, x), x)
-    assert not ParetoPruner(eta=3, max_epochs=9, protect_schemes=True, reach=False).prune(
-        _rung_study(*population, x), x)
+    study = _rung_study(*population, x)
+
+    def pruned(**options: bool) -> bool:
+        return ParetoPruner(eta=3, max_epochs=9, **options).prune(study, x)
+
+    assert pruned(reach=False)                              # outside the quota
+    assert not pruned(reach=False, protect_schemes=True)    # protected: the best rev so far
+    assert pruned(protect_schemes=True)                     # protected, but it cannot reach the front
+
+
+def test_failed_and_nan_rivals_do_not_block_protection() -> None:
+    peers = [_frozen(0, {1: 0.50, 3: 0.80}, 100, TrialState.RUNNING, scheme="euler"),
+             _frozen(1, {1: 0.52, 3: 0.82}, 90, TrialState.RUNNING, scheme="euler"),
+             _frozen(2, {1: 0.55, 3: 0.85}, 80, TrialState.RUNNING, scheme="lm")]
+    x = _frozen(10, {1: 0.40, 3: 0.70}, 120, TrialState.RUNNING, scheme="rev")
+    protect = ParetoPruner(eta=3, max_epochs=9, protect_schemes=True)
+    failed = _frozen(3, {1: 0.45, 3: 0.75}, 130, TrialState.FAIL, scheme="rev")   # crashed after the rung
+    nan = _frozen(4, {1: 0.45, 3: float("nan")}, 130, TrialState.PRUNED, scheme="rev")
+    assert not protect.prune(_rung_study(*peers, failed, nan, x), x)
+    assert ParetoPruner.best_of_its_scheme([*peers, failed, nan], x, 3)
+    assert not ParetoPruner.best_of_its_scheme(peers, peers[0], 3)  # euler at 0.80 < 0.82
+
+
+def test_an_option_of_another_pruner_is_refused(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parent.parent / "search_spaces" / "fashion_quick.yaml").read_text()
+    bad = text.replace("pruner: {name: pareto, eta: 3, min_epochs: 1, protect_schemes: true}",
+                       "pruner: {name: successive_halving, eta: 3, min_epochs: 1, protect_schemes: true}")
+    assert bad != text
+    (tmp_path / "bad.yaml").write_text(bad)
+    with pytest.raises(Exception, match=r"search\.pruner\.protect_schemes: not an option of the successive_halving "
+                                        r"pruner \(it has eta, min_epochs\)"):
+        load_space(tmp_path / "bad.yaml", check_data_dir=False)
+    (tmp_path / "median.yaml").write_text(bad.replace("name: successive_halving, eta: 3, min_epochs: 1, protect_schemes: true",
+                                                      "name: median, percentile: 40"))
+    with pytest.raises(Exception, match=r"search\.pruner\.percentile: not an option of the median pruner \(it has "
+                                        r"warmup_epochs\)"):
+        load_space(tmp_path / "median.yaml", check_data_dir=False)
 
 
 def test_scheme_of_prefers_the_canonical_scheme() -> None:
