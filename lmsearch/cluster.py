@@ -11,9 +11,13 @@ whose message names those variables and never contains the token.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +177,29 @@ def _prepare_join(address: str) -> str:
     return source
 
 
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives while a local Ray node starts, and raise it after.
+
+    A KeyboardInterrupt inside ``ray.init`` leaves processes of the half-started node
+    behind (its dashboard and runtime-env agents outlive ``ray.shutdown``). Held, the
+    Ctrl-C takes effect a few seconds later, once the node is up, and the caller's
+    ``ray.shutdown`` stops all of it. Off the main thread, where Python runs no signal
+    handlers, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):  # default_int_handler raises KeyboardInterrupt; SIG_IGN stays ignored
+            previous(signal.SIGINT, None)
+
+
 def init_ray(address: str | None = None, *, node_ip: str | None = DEFAULT_NODE_IP,
              num_cpus: int | None = None, num_gpus: int | None = None,
              log_to_driver: bool = True) -> dict[str, Any]:
@@ -216,7 +243,8 @@ def init_ray(address: str | None = None, *, node_ip: str | None = DEFAULT_NODE_I
             kwargs["_node_ip_address"] = host
         kwargs.pop("include_dashboard")
     try:
-        ctx = ray.init(**kwargs)
+        with _ctrl_c_held() if address is None else contextlib.nullcontext():
+            ctx = ray.init(**kwargs)
     except ray.exceptions.AuthenticationError as exc:
         if address is None:
             raise

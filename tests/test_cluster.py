@@ -278,3 +278,27 @@ def test_search_spreads_trials_over_both_nodes(token_cluster: Cluster, tmp_path:
     assert (tmp_path / "exp" / "pareto.csv").stat().st_size > 0
     assert not seen, f"connections left the loopback range: {seen}"
     print("node split:", df.groupby("node_id").number.apply(list).to_dict())
+
+
+def test_a_ctrl_c_while_ray_starts_is_held_until_it_is_up() -> None:
+    from lmsearch.cluster import _ctrl_c_held
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own: Ctrl-C raises
+    try:
+        reached_end_of_block = False
+        with pytest.raises(KeyboardInterrupt):
+            with _ctrl_c_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # Python runs the (holding) handler here: no KeyboardInterrupt yet
+                reached_end_of_block = True
+        assert reached_end_of_block
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with _ctrl_c_held():  # no Ctrl-C: nothing raised
+            pass
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's background job ignores Ctrl-C ...
+        with _ctrl_c_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # ... and still does, without raising
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -157,6 +157,40 @@ def test_ctrl_c_exits_130_and_leaves_a_folder_resume_continues(tmp_path: Path) -
     assert len(done) == 2 and (done.state == "COMPLETE").all()
 
 
+def process_group(pgid: int) -> list[str]:
+    """Names of the live processes in process group ``pgid`` (from /proc: Ray's servers stay in the driver's group)."""
+    names = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            names.append(stat[stat.index("(") + 1:stat.rindex(")")])
+    return names
+
+
+@pytest.mark.parametrize("server", ["gcs_server", "raylet"])
+def test_ctrl_c_while_ray_starts_exits_130_and_leaves_nothing(tmp_path: Path, server: str) -> None:
+    space, exp = write_space(tmp_path), tmp_path / "exp"
+    driver = start(tmp_path, str(space), "--out", str(exp))
+    try:
+        wait_for(lambda: server in process_group(driver.pid), driver, f"Ray's {server} starting")
+        driver.send_signal(signal.SIGINT)  # Ctrl-C while the local Ray cluster comes up
+        out, err = finish(driver, timeout=120)
+        deadline = time.time() + 60
+        while process_group(driver.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        left = process_group(driver.pid)
+    finally:
+        stop_group(driver)
+    assert driver.returncode == 130, err[-3000:]
+    assert "interrupted" in err
+    assert not exp.exists()  # a new search stopped before it began leaves no folder
+    assert left == []  # and no Ray process behind it
+
+
 @pytest.mark.parametrize("out_exists", [False, True])
 def test_data_error_is_refused_before_ray_and_leaves_nothing(tmp_path: Path, out_exists: bool) -> None:
     empty = tmp_path / "empty"
