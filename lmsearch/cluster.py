@@ -183,21 +183,33 @@ def _ctrl_c_held() -> Iterator[None]:
 
     A KeyboardInterrupt inside ``ray.init`` leaves processes of the half-started node
     behind (its dashboard and runtime-env agents outlive ``ray.shutdown``). Held, the
-    Ctrl-C takes effect a few seconds later, once the node is up, and the caller's
-    ``ray.shutdown`` stops all of it. Off the main thread, where Python runs no signal
-    handlers, nothing changes.
+    first Ctrl-C takes effect a few seconds later, once the node is up, and the caller's
+    ``ray.shutdown`` stops all of it; a second Ctrl-C acts at once (a start-up that
+    hangs can still be stopped). Nothing changes off the main thread (where Python runs
+    no signal handlers) or when SIGINT has no Python handler (ignored, default, or set
+    outside Python).
     """
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield
         return
-    held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    held = False
+
+    def hold(signum: int, frame: Any) -> None:
+        nonlocal held
+        if held:  # the second Ctrl-C: the user insists
+            signal.signal(signal.SIGINT, previous)
+            signal.raise_signal(signal.SIGINT)
+        held = True
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if held and callable(previous):  # default_int_handler raises KeyboardInterrupt; SIG_IGN stays ignored
-            previous(signal.SIGINT, None)
+        if signal.getsignal(signal.SIGINT) is hold:
+            signal.signal(signal.SIGINT, previous)
+            if held:
+                signal.raise_signal(signal.SIGINT)  # through the restored handler, as if it came now
 
 
 def init_ray(address: str | None = None, *, node_ip: str | None = DEFAULT_NODE_IP,

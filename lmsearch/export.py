@@ -122,7 +122,7 @@ def _data_dir(exp_dir: Path) -> str | None:
     try:
         from lmsearch.space import load_space
 
-        return load_space(space_file).data_dir
+        return load_space(space_file, saved=True).data_dir
     except Exception:  # noqa: BLE001 - an unreadable copy only loses the hint
         return None
 

@@ -110,7 +110,7 @@ def _load_for_run(space_path: str | Path, exp_dir: Path, previous: dict[str, Any
     if previous is not None and copy.is_file():
         # A resumed search must keep the space it started with (Ray Tune and Optuna both expect it).
         meta = previous
-        space = load_space(copy, name=name or meta.get("name"))
+        space = load_space(copy, name=name or meta.get("name"), saved=True)
         # the command-line overrides of the first run (--num-samples, --pruner) stay in force
         space = dataclasses.replace(space, num_samples=meta.get("num_samples", space.num_samples),
                                     pruner=meta.get("pruner", space.pruner))
@@ -482,7 +482,7 @@ def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path) -> tu
     rows of unfinished trials marked FAILED.
     """
     searcher.reconcile_orphans()
-    finished = searcher.finished_outcomes()
+    finished, test_accs = searcher.finished_outcomes(), searcher.test_accuracies()
     rows = results.read_trial_rows(exp_dir)
     for row in rows:
         if row["state"] != RUNNING:
@@ -490,6 +490,8 @@ def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path) -> tu
         told = finished.get(int(row["number"])) if row.get("number") else None
         if told in (COMPLETE, PRUNED):  # told to Optuna just before the driver died
             row["state"] = told
+            if told == COMPLETE and int(row["number"]) in test_accs:
+                row["test_acc"] = repr(test_accs[int(row["number"])])
         else:
             row["state"] = FAILED
             row["error"] = "interrupted; resumed from the study, which queued this configuration again"

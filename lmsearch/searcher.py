@@ -34,6 +34,7 @@ __all__ = ["StudySearcher", "StudyRecord", "make_sampler", "scheme_startup", "st
 EPOCH_METRIC = "val_acc"
 PARAMS_ATTR = "params"  # user attribute: the parameter count, the Pareto pruner's second objective
 SCHEME_ATTR = "scheme"  # user attribute: the canonical scheme (an lm net without LM steps is euler)
+TEST_ACC_ATTR = "test_acc"  # user attribute: a COMPLETE trial's test accuracy (trials.csv has it too)
 DEPTH_ATTR = "depth"  # user attribute: the depth, whichever per-scheme parameter (depth_lm, ...) sampled it
 ORPHANED_ATTR = "orphaned"
 REQUEUED_ATTR = "requeued_from"
@@ -265,6 +266,10 @@ class StudySearcher(Searcher):
             self.record.set_user_attr(number, "epochs_run", int(result.get("epoch", 0)))
             if result.get("status"):
                 self.record.set_user_attr(number, "status", str(result["status"]))
+            test_acc = result.get("test_acc")
+            if isinstance(test_acc, (int, float)) and math.isfinite(test_acc):
+                # kept in the study too: a driver that dies before trials.csv has the row loses nothing
+                self.record.set_user_attr(number, TEST_ACC_ATTR, float(test_acc))
         values = None
         if outcome == COMPLETE:
             values = [float(result[m]) for m in self.space.metric_names]  # type: ignore[index]
@@ -303,6 +308,11 @@ class StudySearcher(Searcher):
             self.study.tell(t.number, state=TrialState.FAIL)
             orphans.append(t.number)
         return orphans
+
+    def test_accuracies(self) -> dict[int, float]:
+        """Optuna trial number -> test accuracy, for the COMPLETE trials that reported one."""
+        return {t.number: float(t.user_attrs[TEST_ACC_ATTR]) for t in self.study.get_trials(deepcopy=False)
+                if t.state == TrialState.COMPLETE and TEST_ACC_ATTR in t.user_attrs}
 
     def finished_outcomes(self) -> dict[int, str]:
         """Optuna trial number -> COMPLETE, PRUNED or FAILED for every trial the study has finished.

@@ -299,17 +299,20 @@ class SearchSpace:
     def grid(self) -> list[dict[str, Any]]:
         """Every point of a ``sampler: grid`` space, keyed by Optuna parameter names.
 
-        Architectures that are one network (an lm layout without an LM step is the euler
-        net of that layout, see :meth:`ArchSpec.canonical`) are one point: the first listed.
+        Points that build one network (an lm layout without an LM step is the euler net of
+        that layout, whatever its k settings; see :meth:`ArchSpec.canonical`) are one point:
+        the one spelt canonically when there is one, else the first listed.
         """
         # Training choices (seeds) vary slowest, so a grid cut short still covers
         # every architecture once before it repeats any.
-        points, seen = [], set()
-        for point, arch in self.arch_points():
-            net = ArchSpec(**_spec_fields(arch)).canonical()
-            if net not in seen:
-                seen.add(net)
-                points.append(point)
+        listed = [(point, ArchSpec(**_spec_fields(arch))) for point, arch in self.arch_points()]
+        keep: dict[ArchSpec, int] = {}
+        for i, (_, spec) in enumerate(listed):
+            net = spec.canonical()
+            if net not in keep or (spec == net and listed[keep[net]][1] != net):
+                keep[net] = i
+        chosen = set(keep.values())
+        points = [point for i, (point, _) in enumerate(listed) if i in chosen]
         for key, param in self.train.items():
             if not param.is_fixed:
                 points = [{**p, key: v} for v in param.choices or () for p in points]
@@ -569,7 +572,8 @@ class _Reader:
         return Param(name, choices=(check(value, key),))
 
 
-def load_space(path: str | Path, *, name: str | None = None, check_data_dir: bool = True) -> SearchSpace:
+def load_space(path: str | Path, *, name: str | None = None, check_data_dir: bool = True,
+               saved: bool = False) -> SearchSpace:
     """Read and validate a search-space YAML file.
 
     Args:
@@ -578,6 +582,9 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
         check_data_dir: check that ``dataset.data_dir`` exists (and, for an image
             folder, holds ``train/`` and ``val/`` class folders). Turn off only to
             read a space whose data lives on another machine.
+        saved: the file is the copy an earlier search saved in its experiment folder: an
+            option that a newer check refuses (a pruner option its pruner never read) is
+            left out with a note, so that the experiment still resumes.
 
     Raises:
         SpaceError: naming the file, the key path, the bad value and what is allowed.
@@ -615,7 +622,7 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
 
     search = r.mapping(top.get("search"), "search", ("sampler", "num_samples", "seed", "pruner", "max_concurrent"))
     sampler = r.choice(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)
-    pruner = _parse_pruner(r, search.get("pruner", "none"))
+    pruner, pruner_notes = _parse_pruner(r, search.get("pruner", "none"), saved)
     seed = r.number(search.get("seed", 0), "search.seed", integer=True, low=0, high=MAX_SEARCH_SEED)
     max_concurrent = search.get("max_concurrent")
     if max_concurrent is not None:
@@ -634,7 +641,7 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
         path=str(path), name=exp_name, **data, epochs=epochs, objectives=objectives, max_params=max_params,
         arch=arch, depth_by_scheme=depth_by_scheme, train=train, sampler=sampler, num_samples=0,
         seed=seed, pruner=pruner, cpu=float(cpu), gpu=float(gpu), max_failures=max_failures,
-        max_concurrent=max_concurrent, raw=doc,
+        max_concurrent=max_concurrent, raw=doc, notes=pruner_notes,
     )
     n_archs = _check_architectures(r, space, num_classes)
     space, n_archs = _without_lm_duplicates(r, space, num_classes, n_archs)
@@ -643,9 +650,9 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
         default_samples = len(space.grid())
         twins = n_archs * math.prod(len(p.choices or ()) for p in space.train.values()) - default_samples
         if twins:
-            space = replace(space, notes=(*space.notes, f"architecture: {twins} grid point(s) left out: lm layouts "
-                                                        f"without an LM step are the euler nets of the same layout, "
-                                                        f"which the grid has"))
+            space = replace(space, notes=(*space.notes, f"architecture: {twins} grid point(s) left out: each builds "
+                                                        f"the same network as another point (a layout without an LM "
+                                                        f"step has no k_n: as lm it is the euler net)"))
     else:
         default_samples = 10
     num_samples = r.number(search.get("num_samples", default_samples), "search.num_samples", integer=True, low=1,
@@ -918,12 +925,26 @@ PRUNER_OPTIONS = {
 }
 
 
-def _parse_pruner(r: _Reader, value: Any) -> dict[str, Any]:
+def _parse_pruner(r: _Reader, value: Any, saved: bool = False) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``search.pruner`` as a dict of the options its pruner reads, and notes.
+
+    An option of another pruner would be silently ignored, so it is refused; in a copy
+    saved by an earlier search (``saved``, which no check refused then) it is dropped
+    with a note instead, so that the experiment still resumes.
+    """
     if isinstance(value, str):
         value = {"name": value}
-    value = r.mapping(value, "search.pruner", ("name", "eta", "min_epochs", "percentile", "warmup_epochs",
-                                               "tie_break", "reach", "protect_schemes"))
+    value = dict(r.mapping(value, "search.pruner", ("name", "eta", "min_epochs", "percentile", "warmup_epochs",
+                                                    "tie_break", "reach", "protect_schemes")))
     out = {"name": r.choice(value.get("name", "none"), "search.pruner.name", PRUNERS)}
+    own, notes = PRUNER_OPTIONS[out["name"]], []
+    for key in [k for k in value if k != "name" and k not in own]:
+        has = ", ".join(own) or "no options"
+        message = f"not an option of the {out['name']} pruner (it has {has})"
+        if not saved:
+            raise r.fail(f"search.pruner.{key}", message)
+        notes.append(f"search.pruner.{key}: {message}; left out")
+        del value[key]
     if "eta" in value:
         out["eta"] = r.number(value["eta"], "search.pruner.eta", integer=True, low=2, high=1000)
     for key in ("min_epochs", "warmup_epochs"):
@@ -938,13 +959,7 @@ def _parse_pruner(r: _Reader, value: Any) -> dict[str, Any]:
     for key in ("reach", "protect_schemes"):
         if key in value:
             out[key] = r.boolean(value[key], f"search.pruner.{key}")
-    # an option of another pruner would be silently ignored
-    own = PRUNER_OPTIONS[out["name"]]
-    for key in value:
-        if key != "name" and key not in own:
-            has = ", ".join(own) or "no options"
-            raise r.fail(f"search.pruner.{key}", f"not an option of the {out['name']} pruner (it has {has})")
-    return out
+    return out, tuple(notes)
 
 
 def _count_arch_points(space: SearchSpace) -> int:

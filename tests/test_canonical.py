@@ -111,7 +111,16 @@ def test_a_grid_trains_an_lm_layout_without_lm_step_once_as_its_euler_twin(tmp_p
     assert space.grid() == [{"scheme": "euler", "stages": (1, 1, 1, 1)}, {"scheme": "euler", "stages": (2, 2)},
                             {"scheme": "lm", "stages": (2, 2)}]
     assert space.num_samples == 3
-    assert space.notes == ("architecture: 1 grid point(s) left out: lm layouts without an LM step are the euler "
-                           "nets of the same layout, which the grid has",)
+    assert space.notes == ("architecture: 1 grid point(s) left out: each builds the same network as another point "
+                           "(a layout without an LM step has no k_n: as lm it is the euler net)",)
     only_lm = load_space(_space(tmp_path, "{scheme: lm, stages: [[1, 1, 1, 1], [2, 2]], depth: 10, width: 4}"))
     assert only_lm.num_samples == 2 and only_lm.notes == ()  # no twin: trained once, as the euler net
+    # listed lm first, the point kept is still the one spelt as what it builds (euler)
+    lm_first = load_space(_space(tmp_path, "{scheme: [lm, euler], stages: [[1, 1, 1, 1], [2, 2]], depth: 10, "
+                                           "width: 4}"))
+    assert lm_first.grid() == [{"scheme": "lm", "stages": (2, 2)}, {"scheme": "euler", "stages": (1, 1, 1, 1)},
+                               {"scheme": "euler", "stages": (2, 2)}]
+    # two k settings of an lm layout without an LM step: one network, without any euler in the space
+    k_twins = load_space(_space(tmp_path, "{scheme: lm, stages: [[1, 1, 1, 1], [2, 2]], depth: 10, width: 4, "
+                                          "lm_k: [scalar, channel]}"))
+    assert k_twins.num_samples == 3 and len(k_twins.notes) == 1

@@ -295,6 +295,16 @@ def test_a_ctrl_c_while_ray_starts_is_held_until_it_is_up() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         with _ctrl_c_held():  # no Ctrl-C: nothing raised
             pass
+        second_went_through = True
+        with pytest.raises(KeyboardInterrupt):
+            with _ctrl_c_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+                os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C acts at once
+                time.sleep(0.2)
+                second_went_through = False
+        assert second_went_through
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's background job ignores Ctrl-C ...
         with _ctrl_c_held():
             os.kill(os.getpid(), signal.SIGINT)

@@ -218,6 +218,16 @@ def test_an_option_of_another_pruner_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"search\.pruner\.percentile: not an option of the median pruner \(it has "
                                         r"warmup_epochs\)"):
         load_space(tmp_path / "median.yaml", check_data_dir=False)
+    # the copy an earlier search saved in its folder (no check refused it then) still loads, with a note
+    old_copy = load_space(tmp_path / "median.yaml", check_data_dir=False, saved=True)
+    assert old_copy.pruner == {"name": "median"}
+    assert old_copy.notes == ("search.pruner.percentile: not an option of the median pruner (it has warmup_epochs); "
+                              "left out",)
+    # the option is named before its value is judged
+    (tmp_path / "eta.yaml").write_text(bad.replace("name: successive_halving, eta: 3, min_epochs: 1, protect_schemes: "
+                                                   "true", "name: median, eta: 1"))
+    with pytest.raises(Exception, match=r"search\.pruner\.eta: not an option of the median pruner"):
+        load_space(tmp_path / "eta.yaml", check_data_dir=False)
 
 
 def test_scheme_of_prefers_the_canonical_scheme() -> None:

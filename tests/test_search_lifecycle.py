@@ -7,6 +7,7 @@ a second search on a live folder is told it is in use; Ctrl-C exits 130 with a f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -163,11 +164,11 @@ def process_group(pgid: int) -> list[str]:
     for entry in Path("/proc").iterdir():
         try:
             stat = (entry / "stat").read_text()
-        except (OSError, ValueError):
+            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                names.append(stat[stat.index("(") + 1:stat.rindex(")")])
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not a process
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            names.append(stat[stat.index("(") + 1:stat.rindex(")")])
     return names
 
 
@@ -185,6 +186,8 @@ def test_ctrl_c_while_ray_starts_exits_130_and_leaves_nothing(tmp_path: Path, se
         left = process_group(driver.pid)
     finally:
         stop_group(driver)
+        with contextlib.suppress(ProcessLookupError):  # whatever Ray left in the driver's group
+            os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, err[-3000:]
     assert "interrupted" in err
     assert not exp.exists()  # a new search stopped before it began leaves no folder

@@ -237,3 +237,21 @@ def test_under_tune_an_over_budget_trial_is_pruned_and_the_saved_searcher_restor
     restored = _searcher(space, tmp_path, fresh=False)
     restored.restore_from_dir(str(tmp_path / "ray" / "t"))
     assert restored.reconcile_orphans() == [] and restored.finished_outcomes() == {0: COMPLETE, 1: PRUNED}
+
+
+def test_a_completed_trials_test_accuracy_survives_a_driver_that_died_before_trials_csv_had_it(tmp_path: Path) -> None:
+    from lmsearch.results import write_trials_table
+    from lmsearch.search import _continue_from_study
+
+    space = _space(tmp_path, CONDITIONAL.format(sampler="random"))
+    searcher = _searcher(space, tmp_path)
+    done, nan = searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_complete("a", {**_epoch(done, 3, 0.9, status="completed"), "test_acc": 0.875})
+    searcher.on_trial_complete("b", {**_epoch(nan, 3, 0.8, status="completed"), "test_acc": float("nan")})
+    assert _study(tmp_path).trials[0].user_attrs["test_acc"] == 0.875
+    assert searcher.test_accuracies() == {0: 0.875}  # a non-finite test accuracy is not kept
+    # trials.csv as a driver killed right after telling Optuna leaves it: both rows RUNNING, no test_acc
+    write_trials_table(tmp_path, [{"trial_id": "a", "number": 0, "state": "RUNNING", "params": done["params"]},
+                                  {"trial_id": "b", "number": 1, "state": "RUNNING", "params": nan["params"]}])
+    _, rows = _continue_from_study(_searcher(space, tmp_path, fresh=False), space, tmp_path)
+    assert [(r["state"], r["test_acc"]) for r in rows] == [("COMPLETE", "0.875"), ("COMPLETE", "")]
