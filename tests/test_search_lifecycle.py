@@ -64,13 +64,20 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           text=True, env=env or ENV, timeout=300)
 
 
+def _ctrl_c_as_typed() -> None:
+    """In the child: SIGINT at its default, as in a terminal. A test run started in the background
+    (``cmd &`` in a script, as CI may be) inherits SIGINT ignored, and a program that starts with it
+    ignored keeps ignoring it until Ray Tune installs its own handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(logs: Path, *args: str) -> subprocess.Popen:
     """A search in the background, in its own process group (so a failed test can stop all of it);
     its output goes to files in ``logs`` (see :func:`finish`)."""
     n = len(list(logs.glob("*.out")))
     with open(logs / f"{n}.out", "w") as out, open(logs / f"{n}.err", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "lmsearch", "search", *args, "--quiet"], stdout=out,
-                                stderr=err, text=True, env=ENV, start_new_session=True)
+                                stderr=err, text=True, env=ENV, start_new_session=True, preexec_fn=_ctrl_c_as_typed)
     proc.logs = (logs / f"{n}.out", logs / f"{n}.err")  # type: ignore[attr-defined]
     return proc
 
