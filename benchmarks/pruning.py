@@ -293,9 +293,8 @@ class Bench:
         for seed in range(self.seeds):
             ids = set(trial_order(self.table, seed, self.trials))
             out = replay(self.table, policy, seed, self.workers, self.trials)
-            true_front, found = self.front(ids), self.front(out.completed)
-            rows.append({"epochs": out.epochs, "hypervolume": self.hv(out.completed),
-                         "hv_share": self.hv(out.completed) / self.hv(ids),
+            true_front, found, hv = self.front(ids), self.front(out.completed), self.hv(out.completed)
+            rows.append({"epochs": out.epochs, "hypervolume": hv, "hv_share": hv / self.hv(ids),
                          "front_found": len(out.completed & true_front) / len(true_front),
                          "completed": len(out.completed),
                          "schemes_on_front": self.final.loc[sorted(found), "scheme"].nunique()})

@@ -109,11 +109,10 @@ def _load_for_run(space_path: str | Path, exp_dir: Path, previous: dict[str, Any
     copy = exp_dir / SPACE_COPY
     if previous is not None and copy.is_file():
         # A resumed search must keep the space it started with (Ray Tune and Optuna both expect it).
-        meta = previous
-        space = load_space(copy, name=name or meta.get("name"), saved=True)
+        space = load_space(copy, name=name or previous.get("name"), saved=True)
         # the command-line overrides of the first run (--num-samples, --pruner) stay in force
-        space = dataclasses.replace(space, num_samples=meta.get("num_samples", space.num_samples),
-                                    pruner=meta.get("pruner", space.pruner))
+        space = dataclasses.replace(space, num_samples=previous.get("num_samples", space.num_samples),
+                                    pruner=previous.get("pruner", space.pruner))
         if Path(space_path).resolve() != copy.resolve() and Path(space_path).read_text() != copy.read_text():
             print(f"lmsearch: resuming with the space saved in {copy}; {space_path} differs and is ignored",
                   file=sys.stderr)

@@ -646,9 +646,9 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
     n_archs = _check_architectures(r, space, num_classes)
     space, n_archs = _without_lm_duplicates(r, space, num_classes, n_archs)
     if sampler == "grid":
-        _check_grid(r, space, n_archs)
+        listed = _check_grid(r, space, n_archs)
         default_samples = len(space.grid())
-        twins = n_archs * math.prod(len(p.choices or ()) for p in space.train.values()) - default_samples
+        twins = listed - default_samples
         if twins:
             space = replace(space, notes=(*space.notes, f"architecture: {twins} grid point(s) left out: each builds "
                                                         f"the same network as another point (a layout without an LM "
@@ -1069,7 +1069,8 @@ def _count_params(spec: ArchSpec) -> int:
     return count_params(spec)
 
 
-def _check_grid(r: _Reader, space: SearchSpace, n_archs: int) -> None:
+def _check_grid(r: _Reader, space: SearchSpace, n_archs: int) -> int:
+    """Refuse ranges and oversized grids; returns the number of points as listed (twins included)."""
     ranged = [f"architecture.{k}" for k, p in space.arch.items() if p.choices is None]
     ranged += [f"training.{k}" for k, p in space.train.items() if p.choices is None]
     if ranged:
@@ -1078,3 +1079,4 @@ def _check_grid(r: _Reader, space: SearchSpace, n_archs: int) -> None:
     if size > MAX_GRID_POINTS:
         raise r.fail("search.sampler", f"the grid has {size} points; at most {MAX_GRID_POINTS} are allowed: "
                                        f"give fewer choices or use a sampler such as tpe")
+    return size
