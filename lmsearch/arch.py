@@ -36,13 +36,14 @@ from typing import Any, Literal
 from lmsearch.nn.registry import get_scheme, scheme_names
 
 __all__ = ["ArchSpec", "BLOCKS", "NOISES", "STEMS", "SHORTCUTS", "LM_K_MODES", "LM_K_INITS", "TORCHVISION_BASES",
-           "BASE_SCHEMES", "BASE_NOISES", "BASE_FIELDS", "layers_per_function", "lm_k_init_range"]
+           "BASE_SCHEMES", "BASE_NOISES", "BASE_FIELDS", "MAX_ARCH_PARAMS", "layers_per_function", "lm_k_init_range"]
 
 BLOCKS = ("basic", "bottleneck", "resnext")
 NOISES = ("none", "stochastic_depth", "shake_shake")
 STEMS = ("small", "imagenet")
 SHORTCUTS = ("conv", "pad", "preact_conv")
 LM_K_MODES = ("scalar", "channel")
+MAX_ARCH_PARAMS = 10**9  # per architecture: 4 GB of fp32 weights, before gradients and momentum
 _LAYERS_PER_FUNCTION = {"basic": 2, "bottleneck": 3, "resnext": 3}
 _DEFAULT_STAGES = {"small": 3, "imagenet": 4}
 #: Named k_n initialisations: ``zero`` (an LM net that starts as its Euler net) and the paper's U(-0.1, 0).
@@ -343,6 +344,25 @@ class ArchSpec:
         if scheme == self.scheme and all(getattr(self, k) == v for k, v in defaults.items()):
             return self
         return self.replace(scheme=scheme, **defaults)
+
+    def min_params(self) -> int:
+        """A lower bound of the parameter count from arithmetic alone: one 3x3 convolution per residual function.
+
+        Building a network (even on the meta device) costs time and memory in
+        proportion to its size; this is what guards against a spec of billions of
+        parameters (:data:`MAX_ARCH_PARAMS`) before anything is built.
+
+        Example:
+            >>> ArchSpec(scheme="euler", depth=20, width=16).min_params()
+            145152
+        """
+        total = 0
+        for stage, (functions, width) in enumerate(zip(self.stage_functions, self.stage_widths, strict=True)):
+            inner = self.groups * self.group_width * 2**stage if self.block == "resnext" else width
+            if self.scheme == "rev":  # each function of a coupled pair sees half the channels
+                inner //= 2
+            total += functions * 9 * inner * inner // (self.groups if self.block == "resnext" else 1)
+        return total
 
     @property
     def stage_widths(self) -> tuple[int, ...]:

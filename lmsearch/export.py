@@ -14,7 +14,6 @@ import json
 import os
 import re
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,10 @@ from lmsearch.archfile import (
     load_architecture,
     save_architecture,
 )
-from lmsearch.states import COMPLETE
+from lmsearch.states import COMPLETE, RUNNING
 
 __all__ = [
+    "UnfinishedTrialError",
     "find_trial_weights",
     "select_trial",
     "export_best",
@@ -40,6 +40,10 @@ __all__ = [
 
 
 # =========================================================================== export a search's trial
+class UnfinishedTrialError(ValueError):
+    """A trial that is not COMPLETE asked to be exported with its own weights (which may not match its metrics)."""
+
+
 def find_trial_weights(exp_dir: str | os.PathLike, trial_id: str) -> Path | None:
     """The export directory with a trial's final weights inside an experiment folder, or None.
 
@@ -69,10 +73,12 @@ def select_trial(df: Any, max_params: int | None = None, trial: str | int | None
     """The trials-table row to export.
 
     With ``trial``: the row whose ``trial_id`` equals it, else whose Optuna
-    ``number`` equals it. Otherwise: among the Pareto front (COMPLETE trials,
-    ``objectives``, default val_acc max / params min) within ``max_params``
-    parameters, the most accurate by ``val_acc`` (ties: fewer parameters, then
-    the lower trial number). Raises ValueError when nothing qualifies.
+    ``number`` equals it, whatever its state (:func:`export_best` refuses
+    the own weights of one that is not COMPLETE). Otherwise: among the
+    Pareto front (COMPLETE trials, ``objectives``, default val_acc max /
+    params min) within ``max_params`` parameters, the most accurate by
+    ``val_acc`` (ties: fewer parameters, then the lower trial number).
+    Raises ValueError when nothing qualifies.
     """
     import pandas as pd
 
@@ -85,10 +91,7 @@ def select_trial(df: Any, max_params: int | None = None, trial: str | int | None
             hit = df[df["number"].astype("Int64") == int(key)]
         if not len(hit):
             raise ValueError(f"no trial {key!r} in the table (give a trial id or an Optuna trial number)")
-        row = hit.iloc[-1]
-        if row.get("state") not in (None, COMPLETE) and not pd.isna(row.get("state")):
-            warnings.warn(f"trial {key} is {row['state']}, not COMPLETE", stacklevel=2)
-        return row
+        return hit.iloc[-1]
     front = pareto_front(df, objectives)
     if not len(front):
         raise ValueError("no COMPLETE trial with val_acc and params: nothing to export")
@@ -125,6 +128,31 @@ def _data_dir(exp_dir: Path) -> str | None:
         return load_space(space_file, saved=True).data_dir
     except Exception:  # noqa: BLE001 - an unreadable copy only loses the hint
         return None
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a device retraining cannot use (lmsearch.train's checks), before any data is loaded."""
+    from lmsearch.train import TrainConfig, resolve_device
+
+    try:
+        resolve_device(TrainConfig(device=device or "auto").device)
+    except RuntimeError as exc:  # e.g. cuda asked for without CUDA
+        raise ValueError(str(exc)) from None
+
+
+def _check_finished(row: Any, exp: Path) -> None:
+    """Raise :class:`UnfinishedTrialError` for a row whose state is not COMPLETE (a missing state passes)."""
+    state = _clean(row.get("state"))
+    if state in (None, COMPLETE):
+        return
+    finish = (f"finish it with `lmsearch search SPACE --out {exp} --resume`, or "
+              if state == RUNNING else "")
+    raise UnfinishedTrialError(
+        f"trial {row['trial_id']} (number {_clean(row.get('number'))}) is {state}, not COMPLETE: weights stored "
+        f"for it and its metrics in trials.csv (val_acc {_clean(row.get('val_acc'))}, test_acc "
+        f"{_clean(row.get('test_acc'))}) may not belong together, so nothing is exported; "
+        f"{finish}pass retrain_epochs > 0 (--retrain-epochs N) to train it anew on the full training set"
+    )
 
 
 def _retrain(spec: ArchSpec, row: Any, epochs: int, device: str | None, data_root: str | None,
@@ -186,10 +214,12 @@ def export_best(
 
     arch.json gets ``metrics`` (params, flops, val_acc, val_loss, test_acc of
     the trial, plus the retrain's) and ``provenance`` (experiment, trial_id,
-    number, dataset, seed, hyperparameters, weights source, export time).
+    number, dataset, seed, state, hyperparameters, weights source, export time).
 
     ``out_dir`` is checked first: an existing file there (or among its
-    parents) is a ValueError before anything is loaded or trained. A retrain
+    parents) is a ValueError before anything is loaded or trained, and so is
+    a ``device`` retraining cannot use (e.g. ``cuda`` without CUDA). A
+    missing dataset is :class:`lmsearch.data.DatasetNotFoundError`. A retrain
     that diverges is a ValueError too; nothing is written.
     """
     from lmsearch.results import experiment_objectives, load_results, read_experiment
@@ -197,6 +227,8 @@ def export_best(
     if retrain_epochs < 0:
         raise ValueError(f"retrain_epochs must be >= 0; got {retrain_epochs}")
     check_output_dir(out_dir)  # before any retraining, whose work would otherwise be lost
+    if retrain_epochs > 0:
+        _check_device(device)
     exp = Path(exp_dir)
     meta = read_experiment(exp)
     df = load_results(exp)
@@ -208,6 +240,8 @@ def export_best(
         raise ValueError(f"trial {row['trial_id']} records no arch_json")
     spec = ArchSpec.from_json(arch_json)
     trial_id = str(row["trial_id"])
+    if retrain_epochs == 0:
+        _check_finished(row, exp)
 
     metrics = {k: _clean(row.get(k)) for k in ("params", "flops", "val_acc", "val_loss", "test_acc")}
     if retrain_epochs > 0:
@@ -232,6 +266,7 @@ def export_best(
         "number": _clean(row.get("number")),
         "dataset": _clean(row.get("dataset")) or meta.get("dataset"),
         "seed": _clean(row.get("seed")),
+        "state": _clean(row.get("state")),
         "hyperparameters": {k: _clean(row.get(k)) for k in ("lr", "weight_decay", "batch_size", "epochs")},
         "weights": source,
         "selected_by": f"trial {trial}" if trial is not None else

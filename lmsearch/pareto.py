@@ -120,7 +120,8 @@ def normalize_objectives(objectives: Objectives = None) -> list[tuple[str, str]]
 def objective_matrix(df: pd.DataFrame, objectives: Objectives = None) -> np.ndarray:
     """The objectives of ``df`` as a float minimisation matrix (maximised columns negated).
 
-    Missing values become NaN. Raises ``KeyError`` naming an absent column.
+    Missing values become NaN. Raises ``KeyError`` naming an absent column and
+    ``ValueError`` naming a column that is not numeric (text such as ``scheme``).
 
     Example:
         >>> objective_matrix(pd.DataFrame({"val_acc": [0.5], "params": [7]})).tolist()
@@ -130,11 +131,25 @@ def objective_matrix(df: pd.DataFrame, objectives: Objectives = None) -> np.ndar
     missing = [c for c, _ in objs if c not in df.columns]
     if missing:
         raise KeyError(f"objective column(s) {missing} not in the table; columns are {list(df.columns)}")
+    for column, _ in objs:
+        if not _is_numeric(df[column]):
+            numeric = [c for c in df.columns if _is_numeric(df[c])]
+            raise ValueError(f"objective column {column!r} is not numeric; numeric columns are {numeric}")
     cols = []
     for column, direction in objs:
         values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         cols.append(-values if direction == "max" else values)
     return np.column_stack(cols) if cols else np.empty((len(df), 0))
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    """A numeric column, or an object column whose values are all numbers or missing (a seed-means table)."""
+    if pd.api.types.is_numeric_dtype(series):
+        return True
+    if series.dtype != object:
+        return False
+    present = series[series.notna().to_numpy(dtype=bool)]
+    return bool(pd.to_numeric(present, errors="coerce").notna().all())
 
 
 def _eligible(df: pd.DataFrame, points: np.ndarray, states: Sequence[str] | None) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""PNG plots of a search: the front, learning curves, hypervolume over trials, learned k_n.
+"""Plots of a search: the front, learning curves, hypervolume over trials, learned k_n.
 
 Matplotlib with the non-interactive Agg backend (works on headless machines);
-every function writes one PNG and returns its path.
+every function writes one image and returns its path, in the format its
+extension names (``.png``, ``.pdf``, ``.svg``, ... see :data:`PLOT_FORMATS`).
 
 Example:
     >>> import tempfile, lmsearch
@@ -27,15 +28,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
 from lmsearch.pareto import Objectives, hypervolume, normalize_objectives, pareto_front  # noqa: E402
 from lmsearch.states import COMPLETE
 
-__all__ = ["plot_pareto", "plot_curves", "plot_hypervolume", "hypervolume_curve", "plot_lm_coefficients",
-           "plot_compression", "trial_label"]
+__all__ = ["PLOT_FORMATS", "plot_format", "plot_pareto", "plot_curves", "plot_hypervolume", "hypervolume_curve",
+           "plot_lm_coefficients", "plot_compression", "trial_label"]
 
 _LABELS = {"val_acc": "validation accuracy", "test_acc": "test accuracy", "params": "parameters",
            "flops": "FLOPs", "val_loss": "validation loss", "wall_time_s": "wall time (s)"}
+
+
+#: File extensions a plot may be written as (matplotlib's formats but pgf, which needs a TeX install).
+PLOT_FORMATS: tuple[str, ...] = tuple(sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"}))
+
+
+def plot_format(path: str | os.PathLike) -> str:
+    """The image format ``path``'s extension names, e.g. ``"pdf"``; ``ValueError`` for any other name.
+
+    Example:
+        >>> plot_format("front.PDF")
+        'pdf'
+    """
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        raise ValueError(f"{path}: a plot's file name must end in one of {', '.join('.' + f for f in PLOT_FORMATS)}")
+    return suffix
 
 
 def _num(series: pd.Series) -> np.ndarray:
@@ -60,9 +79,12 @@ def trial_label(row: Mapping[str, Any] | pd.Series) -> str:
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        fmt = plot_format(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format=fmt, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -452,6 +452,10 @@ def _convert(raw: pd.DataFrame, dtypes: Mapping[str, str], where: str) -> pd.Dat
     return pd.DataFrame(out, index=raw.index)
 
 
+# what to do about a damaged table: a search reads its tables back to carry them on, so it cannot repair one
+_RESTORE = "restore the file from a copy (e.g. `git checkout -- FILE` for a committed experiment)"
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     """A table written by :func:`_write_table`, every cell as text (empty cells NA); refuses a damaged file.
 
@@ -461,18 +465,20 @@ def _read_csv(path: Path) -> pd.DataFrame:
     :class:`ExperimentFolderError` naming the file and line, never a quietly
     different table.
     """
+    if not path.exists():
+        return pd.DataFrame()  # not written yet: a search writes its tables as trials start
     if not path.is_file():
-        return pd.DataFrame()
+        raise ExperimentFolderError(f"{path}: not a file; a search writes its tables there")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ExperimentFolderError(f"{path}: not a text table (byte {exc.start} is not UTF-8)") from None
-    if not text:
-        return pd.DataFrame()
+    if not text:  # the writer always writes the header line, and replaces the file atomically
+        raise ExperimentFolderError(
+            f"{path}: empty (even a table without rows has its header line); {_RESTORE}")
     if not text.endswith("\n"):
         raise ExperimentFolderError(
-            f"{path}: cut short (its last line has no newline, so its last value may be truncated); "
-            "restore the file, or rerun the search with --resume to rewrite it")
+            f"{path}: cut short (its last line has no newline, so its last value may be truncated); {_RESTORE}")
     try:
         rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
     except csv.Error as exc:

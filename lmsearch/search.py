@@ -65,7 +65,13 @@ class SearchInterrupted(KeyboardInterrupt):
 
 
 def experiment_dir(space: SearchSpace, out: str | Path | None, results_root: str | Path = "results") -> Path:
-    """Where an experiment's folder lives: ``out`` if given, else ``results_root/<space name>``."""
+    """Where an experiment's folder lives: ``out`` if given, else ``results_root/<space name>``.
+
+    An empty ``out`` (an unset variable in a script) is refused rather than read as the current folder.
+    """
+    if out is not None and not str(out).strip():
+        raise SearchError("out (--out) must not be empty: give the experiment folder, or leave it out for "
+                          f"{Path(results_root) / space.name}")
     return Path(out) if out is not None else Path(results_root) / space.name
 
 
@@ -451,24 +457,33 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
         raise
     finally:
         recorder.RESTORED_PROGRESS = None
-        if began:
-            results.write_experiment(exp_dir, _experiment_meta(space, status, created, plan))
-        if started_here:
-            ray.shutdown()
-        if undo:
-            _undo_start(exp_dir, existed)
-    from lmsearch.pareto import pareto_front
+        try:
+            if began:
+                results.write_experiment(exp_dir, _experiment_meta(space, status, created, plan))
+                table = _write_front_table(exp_dir, space)  # also after a second Ctrl-C: the tables agree
+        finally:
+            if started_here:
+                ray.shutdown()
+            if undo:
+                _undo_start(exp_dir, existed)
     from lmsearch.progress import search_summary
 
     objectives = [(o.name, o.direction) for o in space.objectives]
-    table = results.load_results(exp_dir)
-    results.write_pareto(exp_dir, pareto_front(table, objectives))
     plot = _write_front_plot(exp_dir, table, objectives)
     print(search_summary(exp_dir, table, objectives, finished=status == "finished", plot=plot,
                          wall_s=time.monotonic() - began_at))
     if status != "finished":
         raise SearchInterrupted(exp_dir)
     return exp_dir
+
+
+def _write_front_table(exp_dir: Path, space: SearchSpace) -> Any:
+    """Write pareto.csv from trials.csv; returns the trials table."""
+    from lmsearch.pareto import pareto_front
+
+    table = results.load_results(exp_dir)
+    results.write_pareto(exp_dir, pareto_front(table, [(o.name, o.direction) for o in space.objectives]))
+    return table
 
 
 def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path) -> tuple[int, list[dict[str, str]]]:

@@ -56,7 +56,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from lmsearch.arch import ArchSpec
+from lmsearch.arch import MAX_ARCH_PARAMS, ArchSpec
 
 __all__ = ["SearchSpace", "SpaceError", "Objective", "load_space", "DATASETS", "SAMPLERS", "PRUNERS",
            "MAX_WIDTH", "MAX_DEPTH", "MAX_ARCH_PARAMS"]
@@ -86,7 +86,6 @@ MAX_SAMPLES = 1_000_000
 MAX_WIDTH = 1024  # channels of the first stage (the paper: 16; WRN-28-10: 160)
 MAX_DEPTH = 2000  # weighted layers (ResNet-1202 and the 1001-layer pre-activation net fit)
 MAX_GROUPS = 1024
-MAX_ARCH_PARAMS = 10**9  # per architecture: 4 GB of fp32 weights, before gradients and momentum
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
 RAY_MIN_RESOURCE = 1e-4
 MAX_CPU, MAX_GPU = 4096, 1024
@@ -1000,7 +999,7 @@ def _check_architectures(r: _Reader, space: SearchSpace, num_classes: int) -> in
             hint = ("; give per-scheme depths as {scheme: [depths]}"
                     if field_name == "depth" and not space.depth_by_scheme else "")
             raise r.fail(key, f"{_echo(arch.get(field_name, ''))} is impossible with {where}: {exc}{hint}") from None
-        at_least = _min_params(spec)
+        at_least = spec.min_params()
         if at_least > MAX_ARCH_PARAMS:
             key = "architecture.stages" if "stages" in arch and len(spec.stage_functions) > 4 else "architecture.width"
             raise r.fail(key, f"{where} has at least {at_least:.3g} parameters; at most {MAX_ARCH_PARAMS:.0e} per "
@@ -1046,21 +1045,6 @@ def _without_lm_duplicates(r: _Reader, space: SearchSpace, num_classes: int,
             f"net of that depth" + (" (in the space as euler)" if "euler" in schemes else ""))
     space = replace(space, arch=arch, depth_by_scheme=by_scheme, notes=(*space.notes, note))
     return space, sum(1 for _ in space.arch_points())
-
-
-def _min_params(spec: ArchSpec) -> int:
-    """A lower bound of ``count_params(spec)`` from arithmetic alone: one 3x3 convolution per residual function.
-
-    Building the network (even on the meta device) costs time and memory in
-    proportion to its size, which is what this guards against.
-    """
-    total = 0
-    for stage, (functions, width) in enumerate(zip(spec.stage_functions, spec.stage_widths, strict=True)):
-        inner = spec.groups * spec.group_width * 2**stage if spec.block == "resnext" else width
-        if spec.scheme == "rev":  # each function of a coupled pair sees half the channels
-            inner //= 2
-        total += functions * 9 * inner * inner // (spec.groups if spec.block == "resnext" else 1)
-    return total
 
 
 def _count_params(spec: ArchSpec) -> int:

@@ -67,6 +67,17 @@ def test_directions_are_respected() -> None:
         pareto_front(df, {"flops": "min"})
 
 
+def test_text_objective_column_is_refused() -> None:
+    df = pd.DataFrame({"scheme": pd.Series(["lm", "euler"], dtype="string"), "val_acc": [0.9, 0.8],
+                       "params": pd.Series([10, None], dtype=object)})  # object numbers, as in a seed-means table
+    with pytest.raises(ValueError, match=r"objective column 'scheme' is not numeric; numeric columns are "
+                                         r"\['val_acc', 'params'\]"):
+        pareto_front(df, {"scheme": "max", "params": "min"})
+    with pytest.raises(ValueError, match="'scheme' is not numeric"):
+        hypervolume(df, ref=[0.0], objectives=["scheme:max"])
+    assert pareto_front(df).index.tolist() == [0]
+
+
 def test_duplicates_kept_and_sorted_best_first() -> None:
     df = pd.DataFrame({"val_acc": [0.9, 0.9, 0.95, 0.8], "params": [10, 10, 40, 10]})
     front = pareto_front(df)

@@ -138,6 +138,68 @@ def test_pareto_cli_errors(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "accuracy" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _refused(proc: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit 2 with one error line naming ``words``, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert all(word in proc.stderr for word in words), proc.stderr
+
+
+def test_pareto_cli_refuses_unwritable_outputs_before_any_work(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    (tmp_path / "out.txt").write_text("a file")
+    for option, name in (("--plot", "x.png"), ("--compression-csv", "x.csv"), ("--compression-plot", "x.png")):
+        path = str(tmp_path / "out.txt" / "sub" / name)
+        proc = _lmsearch("pareto", str(exp), option, path)
+        _refused(proc, option, path, "out.txt is not a directory")
+        assert proc.stdout == ""  # refused before the tables
+    cc = tmp_path / "cc"
+    proc = _lmsearch("pareto", str(exp), "--compression-csv", str(cc / "x.csv"), "--compression-plot", str(cc))
+    _refused(proc, "--compression-plot", str(cc))
+    proc = _lmsearch("pareto", str(exp), "--compression-csv", str(cc / "x.csv"), "--compression-plot", f"{cc}.png",
+                     "--plot", f"{cc}.png")
+    _refused(proc, "--plot", "--compression-plot", "collide")
+    proc = _lmsearch("pareto", str(exp), "--compression-csv", f"{cc}.png/x.csv", "--compression-plot", f"{cc}.png")
+    _refused(proc, f"--compression-csv {cc}.png/x.csv and --compression-plot {cc}.png collide")
+    assert proc.stdout == "" and not cc.exists() and not Path(f"{cc}.png").exists()
+
+
+def test_pareto_cli_write_error_is_one_clean_line(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    proc = _lmsearch("pareto", str(exp), "--plot", "/proc/front.png")  # /proc takes no new files, even from root
+    _refused(proc, "--plot /proc/front.png: cannot write it")
+    assert "Pareto front" in proc.stdout
+
+
+def test_pareto_cli_plot_format_follows_the_extension(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    pdf, svg = tmp_path / "front.pdf", tmp_path / "compression.svg"
+    proc = _lmsearch("pareto", str(exp), "--plot", str(pdf), "--compression-plot", str(svg))
+    assert proc.returncode == 0, proc.stderr
+    assert pdf.read_bytes()[:5] == b"%PDF-" and b"<svg" in svg.read_bytes()[:1000]
+    for name in ("front", "front.txt"):
+        proc = _lmsearch("pareto", str(exp), "--plot", str(tmp_path / name))
+        _refused(proc, "--plot", name, ".png", ".pdf", ".svg")
+        assert proc.stdout == "" and not (tmp_path / name).exists()
+
+
+def test_pareto_cli_refuses_a_text_objective(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    proc = _lmsearch("pareto", str(exp), "--objectives", "scheme:max")
+    _refused(proc, "objective column 'scheme' is not numeric", "'params'", "'val_acc'")
+    assert "'block'" not in proc.stderr and proc.stdout == ""
+
+
+def test_pareto_cli_compression_metric_must_be_an_accuracy(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    proc = _lmsearch("pareto", str(exp), "--compression", "--metric", "params")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--metric: invalid choice: 'params'" in proc.stderr and "test_acc" in proc.stderr
+    assert "val_acc" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _lmsearch("pareto", str(exp), "--compression", "--metric", "val_acc")
+    assert proc.returncode == 0 and "Compression table (val_acc" in proc.stdout
+
+
 def test_plots_are_written(tmp_path: Path) -> None:
     exp = _experiment(tmp_path)
     df = load_results(exp)
@@ -148,6 +210,8 @@ def test_plots_are_written(tmp_path: Path) -> None:
     coeffs = pd.DataFrame({"stage": [0, 0, 1], "index": [0, 1, 2], "k": [-0.05, 0.2, 0.5],
                            "k_min": [-0.05, 0.1, 0.5], "k_max": [-0.05, 0.3, 0.5]})
     _assert_png(plot_lm_coefficients(coeffs, tmp_path / "k.png"))
+    with pytest.raises(ValueError, match=r"must end in one of .*\.pdf"):
+        plot_pareto(df, tmp_path / "front")
 
 
 def test_hypervolume_curve_is_nondecreasing_and_ends_at_the_total() -> None:

@@ -221,6 +221,21 @@ def test_a_damaged_table_is_refused_not_misread(tmp_path: Path, damage, message:
         results.load_results(tmp_path)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: path.write_text(""), "empty"),  # the writer always writes the header line
+    (lambda path: (path.unlink(), path.mkdir()), "not a file"),
+])
+def test_an_empty_or_non_file_table_is_refused_not_read_as_no_trials(tmp_path: Path, damage, message: str) -> None:
+    results.write_experiment(tmp_path, {"name": "damaged"})
+    results.write_trials_table(tmp_path, [])
+    assert results.load_results(tmp_path).empty  # a table without rows: the search has no trial yet
+    damage(tmp_path / results.TRIALS_FILE)
+    with pytest.raises(results.ExperimentFolderError, match=message):
+        results.load_results(tmp_path)
+    with pytest.raises(results.ExperimentFolderError, match=message):
+        results.read_trial_rows(tmp_path)
+
+
 def test_a_trial_on_two_rows_is_refused(tmp_path: Path) -> None:
     results.write_experiment(tmp_path, {"name": "dup"})
     rows = [{"trial_id": "a", "number": 0, "state": "COMPLETE", "val_acc": 0.5, "params": 1}]

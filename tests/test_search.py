@@ -169,6 +169,22 @@ def test_missing_output_parent_is_an_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
+def test_an_empty_out_is_refused_not_read_as_the_current_folder(tmp_path: Path) -> None:
+    space = write_space(tmp_path, "tiny", n=1)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = cli("search", str(space), "--out", "", cwd=work)  # `--out "$OUT"` with OUT unset
+    assert proc.returncode == 2 and "--out: must not be empty" in proc.stderr
+    from lmsearch.search import SearchError
+
+    with pytest.raises(SearchError, match="must not be empty"):
+        lmsearch.run_search(space, out=" ")
+    for verb in (["check", ""], ["pareto", ""], ["export", "", "--trial", "0", "--out", "x"]):
+        proc = cli(*verb, cwd=work)
+        assert proc.returncode == 2 and "argument DIR: must not be empty" in proc.stderr, verb
+    assert list(work.iterdir()) == []
+
+
 def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
     space = write_space(tmp_path, "resumable", n=4, epochs=2, concurrent=1)
     exp = tmp_path / "exp"

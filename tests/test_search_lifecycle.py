@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 import lmsearch
+from lmsearch.consistency import check_experiment
 from lmsearch.lock import LOCK_NAME
 
 pytestmark = pytest.mark.slow
@@ -144,19 +145,23 @@ def test_one_search_per_folder_and_never_pass_resume_to_a_second_one(tmp_path: P
     assert len(lmsearch.load_results(exp)) == 2
 
 
-def test_ctrl_c_exits_130_and_leaves_a_folder_resume_continues(tmp_path: Path) -> None:
+@pytest.mark.parametrize("presses", [1, 2])  # a second Ctrl-C stops at once, without Ray's orderly shutdown
+def test_ctrl_c_exits_130_and_leaves_a_folder_resume_continues(tmp_path: Path, presses: int) -> None:
     space, exp = write_space(tmp_path, epochs=3), tmp_path / "exp"
     driver = start(tmp_path, str(space), "--out", str(exp))
     try:
         wait_for(lambda: (exp / "curves.csv").is_file(), driver, "a trial epoch")
-        driver.send_signal(signal.SIGINT)  # Ctrl-C
+        for _ in range(presses):
+            driver.send_signal(signal.SIGINT)  # Ctrl-C
+            time.sleep(0.3)
         out, err = finish(driver, timeout=120)
     finally:
         stop_group(driver)
     assert driver.returncode == 130, err[-3000:]
-    assert "interrupted" in err and "--resume" in out
+    assert "interrupted" in err and "--resume" in err
     assert status(exp) == "interrupted"
     assert not (exp / LOCK_NAME).exists()
+    assert check_experiment(exp) == []  # the tables agree, pareto.csv included
 
     proc = cli(str(space), "--out", str(exp), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]

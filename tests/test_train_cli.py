@@ -163,10 +163,18 @@ def test_absurd_widths_are_clear_errors(tmp_path: Path) -> None:
     (export / "arch.json").write_text(json.dumps(doc))
     proc = lmsearch(str(export), "--init-weights", "--dataset", "synthetic", "--epochs", "1")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "model.safetensors: the weights do not fit the architecture in arch.json" in proc.stderr
+    assert ("arch.json: the network of this spec cannot be built (width 1000000, depth 8): this network has at "
+            "least 1.89e+14 parameters") in proc.stderr
 
     big = tmp_path / "big.json"
     big.write_text(json.dumps(doc["spec"]))
     proc = lmsearch(str(big), "--dataset", "synthetic", "--epochs", "1")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{big}: cannot build the network (width 1000000, depth 8)" in proc.stderr
+
+    # 66 billion parameters that each fit in memory page by page: refused by arithmetic, before any allocation
+    big.write_text(json.dumps({"scheme": "euler", "depth": 2000, "width": 1024}))
+    proc = lmsearch(str(big), "--dataset", "synthetic", "--epochs", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (f"{big}: cannot build the network (width 1024, depth 2000): this network has at least 6.6e+10 "
+            f"parameters; at most 1e+09 are allowed") in proc.stderr

@@ -19,6 +19,14 @@ VERBS = {
 }
 
 
+def nonempty(text: str) -> str:
+    """An argparse type for paths and addresses: an empty value (an unset shell variable) is refused,
+    not read as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmsearch",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lmsearch.cli import nonempty
+
 HELP = """Check that experiment folders tell one truth: study.db agrees with trials.csv, curves.csv and pareto.csv.
 
 Compares every trial's state, number, Ray id and objective values in the Optuna
@@ -24,7 +26,7 @@ folder cannot be read (not an experiment folder, a damaged table, no study)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dirs", nargs="+", metavar="DIR", help="experiment folder(s) results/<name>/")
+    parser.add_argument("dirs", nargs="+", metavar="DIR", type=nonempty, help="experiment folder(s) results/<name>/")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,12 +6,16 @@ import argparse
 import json
 import sys
 
+from lmsearch.cli import nonempty
+
 HELP = """Export an architecture of a search with its weights (arch.json + model.safetensors).
 
 Picks the most accurate Pareto-front architecture within --max-params (or the
 trial named by --trial: a Ray trial id or an Optuna trial number). Uses the
 trial's own final weights when the search kept them; --retrain-epochs E
 instead trains it from scratch on the full training set (train + validation).
+A trial that is not COMPLETE (e.g. RUNNING after an interrupted search) is
+exported only with --retrain-epochs: finish it first with --resume otherwise.
 Load it back with lmsearch.load_architecture(DIR2).
 
 examples:
@@ -20,7 +24,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", metavar="DIR", help="experiment folder results/<name>/")
+    parser.add_argument("dir", metavar="DIR", type=nonempty, help="experiment folder results/<name>/")
     pick = parser.add_mutually_exclusive_group(required=True)
     pick.add_argument("--max-params", type=int, metavar="N", help="parameter budget")
     pick.add_argument("--trial", metavar="ID", help="a trial id or Optuna trial number")
@@ -35,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lmsearch.archfile import read_arch_json
+    from lmsearch.data import DatasetNotFoundError
     from lmsearch.export import export_best
     from lmsearch.results import ExperimentFolderError
 
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         out = export_best(args.dir, args.out, max_params=args.max_params, trial=args.trial,
                           retrain_epochs=args.retrain_epochs, device=args.device,
                           data_root=args.data_dir)
-    except (ExperimentFolderError, ValueError, KeyError) as exc:
+    except (ExperimentFolderError, ValueError, KeyError, DatasetNotFoundError) as exc:
         print(f"lmsearch export: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. no permission to write --out

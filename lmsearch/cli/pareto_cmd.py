@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
+from lmsearch.cli import nonempty
 
 HELP = """Show the Pareto front of a search (accuracy vs parameters by default).
 
@@ -17,13 +23,16 @@ examples:
   lmsearch pareto results/compression-fashion-mnist/cpu --compression \
       --compression-plot compression.png --compression-csv compression.csv"""
 
+_ACCURACIES = ("test_acc", "val_acc")  # --metric: the compression analysis reads error = 1 - accuracy
+
 _SHOW = ["experiment", "number", "trial_id", "arch", "width", "block", "params", "flops",
          "n", "val_acc", "test_acc", "epochs_run", "state"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dirs", nargs="+", metavar="DIR", help="experiment folder(s) results/<name>/")
-    parser.add_argument("--plot", metavar="FILE", help="write the front plot (PNG) here")
+    parser.add_argument("dirs", nargs="+", metavar="DIR", type=nonempty, help="experiment folder(s) results/<name>/")
+    parser.add_argument("--plot", metavar="FILE",
+                        help="write the front plot here, in the format of its extension (.png, .pdf, .svg, ...)")
     parser.add_argument("--by", metavar="COLUMN", help="one front per value of COLUMN (e.g. scheme)")
     parser.add_argument("--objectives", nargs="+", metavar="COL:DIR",
                         help="objectives as column:max|min (default: the experiment's, else val_acc:max params:min)")
@@ -31,12 +40,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also print the compression table (ResNet vs LM params at equal accuracy) "
                              "and the depth-monotonicity check")
     parser.add_argument("--compression-plot", metavar="FILE",
-                        help="write the compression plot (error vs params per scheme, PNG) here; "
-                             "implies --compression")
+                        help="write the compression plot (error vs params per scheme; .png, .pdf, .svg, ...) "
+                             "here; implies --compression")
     parser.add_argument("--compression-csv", metavar="FILE",
                         help="write the compression table (CSV) here; implies --compression")
-    parser.add_argument("--metric", default="test_acc",
+    parser.add_argument("--metric", default="test_acc", choices=_ACCURACIES,
                         help="accuracy column for --compression (default test_acc)")
+
+
+class _OutputError(ValueError):
+    """An output file that cannot be written."""
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before anything is computed, output paths that cannot be written or that collide."""
+    from lmsearch.results import check_output_file
+
+    outputs = [(option, value) for option, value in (("--plot", args.plot), ("--compression-csv", args.compression_csv),
+                                                     ("--compression-plot", args.compression_plot))
+               if value is not None]
+    for option, value in outputs:
+        target = check_output_file(value, option)  # never written over an experiment
+        if option != "--compression-csv":
+            from lmsearch.plots import plot_format
+
+            try:
+                plot_format(target)
+            except ValueError as exc:
+                raise _OutputError(f"{option}: {exc}") from None
+        folder = target.absolute().parent
+        while not folder.exists():  # the nearest existing folder, where the missing ones would be created
+            folder = folder.parent
+        if not folder.is_dir():
+            raise _OutputError(f"{option} {value}: {folder} is not a directory")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise _OutputError(f"{option} {value}: no permission to write in {folder}")
+    for (option_a, a), (option_b, b) in itertools.combinations(outputs, 2):
+        path_a, path_b = Path(a).resolve(), Path(b).resolve()
+        if path_a == path_b or path_a in path_b.parents or path_b in path_a.parents:
+            raise _OutputError(f"{option_a} {a} and {option_b} {b} collide; give two separate files")
+
+
+@contextmanager
+def _writing(option: str, path: str) -> Iterator[None]:
+    """An OSError while writing ``path`` as a one-line error naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise _OutputError(f"{option} {path}: cannot write it: {exc.strerror or exc}") from None
 
 
 def _objectives(args: argparse.Namespace, df: pd.DataFrame) -> list[tuple[str, str]] | None:
@@ -152,16 +203,14 @@ def _fmt_interpolated(table: pd.DataFrame, verdict: str, metric: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmsearch.pareto import DEFAULT_OBJECTIVES, front_table, normalize_objectives, pareto_front
-    from lmsearch.results import ExperimentFolderError, check_output_file, load_results
+    from lmsearch.pareto import DEFAULT_OBJECTIVES, front_table, normalize_objectives, objective_matrix, pareto_front
+    from lmsearch.results import ExperimentFolderError, load_results
 
     try:
-        for option, value in (("--plot", args.plot), ("--compression-csv", args.compression_csv),
-                              ("--compression-plot", args.compression_plot)):
-            if value is not None:  # refused before anything is computed, never written over an experiment
-                check_output_file(value, option)
+        _check_outputs(args)
         df = load_results([Path(d) for d in args.dirs])
         objectives = _objectives(args, df) or normalize_objectives(DEFAULT_OBJECTIVES)
+        objective_matrix(df, objectives)  # an absent or text column refused before any output
         multi = df["experiment"].nunique() > 1
         print(_summary(df))
         if args.by:
@@ -182,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
         if args.plot:
             from lmsearch.plots import plot_pareto
 
-            path = plot_pareto(table, args.plot, objectives=objectives, by=args.by or "scheme")
+            with _writing("--plot", args.plot):
+                path = plot_pareto(table, args.plot, objectives=objectives, by=args.by or "scheme")
             print(f"\nplot written to {path}")
         if args.compression or args.compression_plot or args.compression_csv:
             from lmsearch.analysis import compression_table, compression_verdict, interpolated_compression, monotonicity
@@ -194,13 +244,15 @@ def run(args: argparse.Namespace) -> int:
             print()
             print(_fmt_interpolated(placed, compression_verdict(placed), args.metric))
             if args.compression_csv:
-                Path(args.compression_csv).parent.mkdir(parents=True, exist_ok=True)
-                table.to_csv(args.compression_csv, index=False)
+                with _writing("--compression-csv", args.compression_csv):
+                    Path(args.compression_csv).parent.mkdir(parents=True, exist_ok=True)
+                    table.to_csv(args.compression_csv, index=False)
                 print(f"\ncompression table written to {args.compression_csv}")
             if args.compression_plot:
                 from lmsearch.plots import plot_compression
 
-                path = plot_compression(table, args.compression_plot, trials=df, metric=args.metric)
+                with _writing("--compression-plot", args.compression_plot):
+                    path = plot_compression(table, args.compression_plot, trials=df, metric=args.metric)
                 print(f"compression plot written to {path}")
     except (ExperimentFolderError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)

@@ -6,6 +6,8 @@ import argparse
 import ipaddress
 import sys
 
+from lmsearch.cli import nonempty
+
 HELP = "Run (or --resume) an architecture search from a search-space YAML file."
 
 EPILOG = """\
@@ -46,22 +48,16 @@ def _node_ip(text: str) -> str:
     return text
 
 
-def _nonempty(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
-    parser.add_argument("space", help="search-space YAML file (see search_spaces/)")
-    parser.add_argument("--out", help="experiment folder (default: results/<name from the space file>)")
+    parser.add_argument("space", type=nonempty, help="search-space YAML file (see search_spaces/)")
+    parser.add_argument("--out", type=nonempty, help="experiment folder (default: results/<name from the space file>)")
     parser.add_argument("--name", help="experiment name (default: the space file's `name`, else its stem)")
     parser.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
     parser.add_argument("--pruner", choices=("none", "pareto", "median", "percentile", "successive_halving",
                                              "hyperband"),
                         help="replace the space file's pruner (default parameters)")
-    parser.add_argument("--address", type=_nonempty, help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local node)")
+    parser.add_argument("--address", type=nonempty, help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local node)")
     parser.add_argument("--node-ip", default="127.0.0.2", type=_node_ip,
                         help="address the local Ray node binds to (default 127.0.0.2, a loopback address: "
                              "no traffic leaves the machine); 'auto' lets Ray choose")

@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", metavar="DIR",
                    help="where the dataset is (default $LMSEARCH_DATA, then /usr/share/datasets/fashion-mnist)")
     g.add_argument("--download", action="store_true", help="cifar10/cifar100: download when missing (needs internet)")
-    g.add_argument("--subset", type=int, metavar="N", help="train on N images of the training part (seeded)")
+    g.add_argument("--subset", type=int, metavar="N", help="train on N images of the training part (seeded; default: all of it)")
     g.add_argument("--val-fraction", type=finite_float, default=0.1, metavar="F",
                    help="share of the training set held out for validation (default 0.1)")
     g.add_argument("--image-size", type=int, metavar="PX", help="imagenet/folder: side of the square images fed to the net, in pixels "
@@ -112,8 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"lr schedule (default {d.schedule}: to 0 over the run; the paper's is step: lr / 10 at "
                         f"50%% and 75%% of training, which leaves a 2-epoch run at lr / 10 and below for its "
                         f"second half; the paper's whole recipe: {PAPER_RECIPE})")
-    t.add_argument("--warmup-epochs", type=finite_float, default=d.warmup_epochs, metavar="E", help="linear warm-up")
-    t.add_argument("--seed", type=int, default=0, help="seeds initialisation, split, order and augmentation")
+    t.add_argument("--warmup-epochs", type=finite_float, default=d.warmup_epochs, metavar="E",
+                   help=f"linear warm-up (default {d.warmup_epochs})")
+    t.add_argument("--seed", type=int, default=0, help="seeds initialisation, split, order and augmentation (default 0)")
     t.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     t.add_argument("--bn-recalibration", type=int, default=0, metavar="N",
                    help="precise BN: re-estimate batch-norm statistics from N training batches before "
@@ -246,7 +247,7 @@ def _model(args: argparse.Namespace, in_channels: int, num_classes: int) -> tupl
         torch.manual_seed(args.seed)
         try:
             model = build_model(adapted)
-        except (RuntimeError, MemoryError) as exc:  # e.g. a width that needs terabytes
+        except (ValueError, RuntimeError, MemoryError) as exc:  # e.g. a width that needs terabytes
             raise _UsageError(f"{source}: cannot build the network (width {adapted.width}, depth {adapted.depth}): "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return model, adapted, source
