@@ -122,6 +122,8 @@ def _open_study(path: Path, name: str) -> optuna.Study:
     if not path.is_file():
         raise ExperimentFolderError(f"{path}: no such file; the folder has no Optuna study to check its tables "
                                     f"against")
+    if path.stat().st_size == 0:  # SQLite reads it as a new database, and Optuna would try to create its tables
+        raise ExperimentFolderError(f"{path}: empty (0 bytes), not an Optuna study; restore it from a copy")
     # SQLite's own read-only URI, opened by sqlite3: a URL through SQLAlchemy would drop the query of a path
     # holding '?' or '#', and SQLite would then create a database of that name
     uri = f"{path.resolve().as_uri()}?mode=ro"

@@ -301,7 +301,7 @@ def read_trial_rows(exp_dir: PathLike) -> list[dict[str, str]]:
     raw = _read_csv(path)
     if len(raw.columns):
         try:  # the same checks as load_results: a row that cannot be read back is refused, not carried on
-            _check_states(_convert(raw, TRIAL_DTYPES, str(path)), str(path))
+            _check_values(_convert(raw, TRIAL_DTYPES, str(path)), str(path))
         except ValueError as exc:
             raise ExperimentFolderError(str(exc)) from None
     return [{k: ("" if v is None else v) for k, v in row.items()} for row in raw.to_dict(orient="records")]
@@ -420,13 +420,27 @@ def _to_float(values: pd.Series, where: str) -> pd.Series:
     return numbers.astype(_FLOAT)
 
 
-def _check_states(table: pd.DataFrame, where: str) -> None:
-    if "state" not in table.columns:
-        return
-    bad = table["state"].notna() & ~table["state"].isin(STATES)
-    if bad.any():
-        raise ValueError(f"{where}: column 'state' holds {table['state'][bad].iloc[0]!r}; "
-                         f"allowed: {', '.join(STATES)}")
+# values no run writes: an accuracy is a share (NaN when a trial diverged), a count is not negative
+_RANGES = {"val_acc": (0.0, 1.0), "test_acc": (0.0, 1.0), "params": (0, None), "flops": (0, None),
+           "epochs_run": (0, None), "epoch": (0, None)}
+
+
+def _check_values(table: pd.DataFrame, where: str) -> None:
+    """Refuse a state outside the vocabulary and a value no run writes (a hand-edited or garbled table)."""
+    if "state" in table.columns:
+        bad = table["state"].notna() & ~table["state"].isin(STATES)
+        if bad.any():
+            raise ValueError(f"{where}: column 'state' holds {table['state'][bad].iloc[0]!r}; "
+                             f"allowed: {', '.join(STATES)}")
+    for column, (low, high) in _RANGES.items():
+        if column not in table.columns:
+            continue
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        bad = np.isinf(values) | (values < low) | (values > (math.inf if high is None else high))  # NaN: False
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            allowed = f"{low} to {high}" if high is not None else f">= {low}"
+            raise ValueError(f"{where}: line {i + 2}: {column} is {values[i]:g}; allowed: {allowed} (or empty)")
 
 
 def _convert(raw: pd.DataFrame, dtypes: Mapping[str, str], where: str) -> pd.DataFrame:
@@ -514,7 +528,7 @@ def _load_one(exp: Path, file_name: str, dtypes: Mapping[str, str], unique: bool
     where = str(exp / file_name)
     try:
         table = _convert(raw, dtypes, where) if len(raw.columns) else _empty(dtypes)
-        _check_states(table, where)
+        _check_values(table, where)
     except ValueError as exc:
         raise ExperimentFolderError(str(exc)) from None
     if unique and len(table):

@@ -329,11 +329,16 @@ def _undo_start(exp_dir: Path, existed: set[Path]) -> None:
 
 
 class _DropTrialErrors(logging.Filter):
-    """Ray's log of a failed trial (a traceback) and of the trials that did not complete: the
-    progress lines and the summary say both, and the traceback stays in the trial's error.txt."""
+    """Ray's log of a failed trial (a traceback), of the trials that did not complete, of an
+    interrupted run (with Python advice, ``Tuner.restore``, where lmsearch's is ``--resume``) and
+    of trials that had not reported yet: the progress lines, the summary and lmsearch's own
+    interrupt message say all of it, and a traceback stays in the trial's error.txt."""
+
+    DROPPED = ("Trial task failed", "Trials did not complete", "Experiment has been interrupted",
+               "Failed to fetch metrics")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(("Trial task failed", "Trials did not complete"))
+        return not str(record.msg).startswith(self.DROPPED)
 
 
 @contextlib.contextmanager
@@ -345,7 +350,8 @@ def _library_output(verbose: int) -> Any:
     import optuna
 
     level, drop = optuna.logging.get_verbosity(), _DropTrialErrors()
-    loggers = [logging.getLogger(name) for name in ("ray.tune.execution.tune_controller", "ray.tune.tune")]
+    names = ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+    loggers = [logging.getLogger(name) for name in names]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for logger in loggers:
         logger.addFilter(drop)

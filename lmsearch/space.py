@@ -622,6 +622,11 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
     search = r.mapping(top.get("search"), "search", ("sampler", "num_samples", "seed", "pruner", "max_concurrent"))
     sampler = r.choice(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)
     pruner, pruner_notes = _parse_pruner(r, search.get("pruner", "none"), saved)
+    for key in ("min_epochs", "warmup_epochs"):
+        if pruner.get(key, 0) >= epochs:  # the pruner's first decision would be at the end of every trial
+            raise r.fail(f"search.pruner.{key}", f"{pruner[key]} is not below budget.epochs ({epochs}), so the "
+                                                 f"pruner would never stop a trial; give at most {epochs - 1}, "
+                                                 f"or pruner: none")
     seed = r.number(search.get("seed", 0), "search.seed", integer=True, low=0, high=MAX_SEARCH_SEED)
     max_concurrent = search.get("max_concurrent")
     if max_concurrent is not None:

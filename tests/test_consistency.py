@@ -243,8 +243,10 @@ def test_check_command_lists_disagreements_and_refuses_unreadable_folders(paths:
     assert lines[2].startswith("  - trials.csv trial 1 (id ") and "state is PRUNED but study.db records FAILED" in \
         lines[2]
 
-    no_study, cut, garbage = (_copy(paths, tmp_path / name) for name in ("no-study", "cut", "garbage"))
+    no_study, cut, garbage, empty = (_copy(paths, tmp_path / name) for name in ("no-study", "cut", "garbage", "empty"))
     (no_study / "study.db").unlink()
+    (empty / "study.db").write_bytes(b"")
+    (empty / "trials.csv").write_bytes(b"")
     text = (cut / "trials.csv").read_text()
     (cut / "trials.csv").write_text(text[:-5])
     (garbage / "study.db").write_bytes(b"not a database\n" * 100)
@@ -252,12 +254,17 @@ def test_check_command_lists_disagreements_and_refuses_unreadable_folders(paths:
                            (tmp_path, "not an lmsearch experiment folder"),
                            (no_study, f"{no_study / 'study.db'}: no such file"),
                            (cut, f"{cut / 'trials.csv'}: cut short"),
-                           (garbage, f"{garbage / 'study.db'}: not a readable Optuna study")):
+                           (garbage, f"{garbage / 'study.db'}: not a readable Optuna study"),
+                           (empty, f"{empty / 'trials.csv'}: empty")):
         proc = lmsearch_cli("check", str(folder))
         assert proc.returncode == 2, (folder, proc.stdout, proc.stderr)
         assert proc.stderr.startswith("lmsearch check: error: ") and phrase in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     assert (garbage / "study.db").read_bytes() == b"not a database\n" * 100  # read-only: not touched
+    (empty / "trials.csv").write_text((paths / "trials.csv").read_text())
+    proc = lmsearch_cli("check", str(empty))
+    assert proc.returncode == 2 and f"{empty / 'study.db'}: empty (0 bytes), not an Optuna study" in proc.stderr
+    assert (empty / "study.db").read_bytes() == b""
 
 
 def test_fault_rules_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:

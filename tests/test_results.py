@@ -209,6 +209,9 @@ def test_recorder_reads_curves_through_the_one_reader(tmp_path: Path) -> None:
     (lambda text: text + "a,1\n", "cells"),                       # a row with too few cells
     (lambda text: text.replace("0.828", "0.8x8"), "non-number"),  # a garbled number
     (lambda text: text.replace("COMPLETE", "COMPLETED"), "allowed"),
+    (lambda text: text.replace("0.828", "1.5"), r"line 2: val_acc is 1.5; allowed: 0.0 to 1.0 \(or empty\)"),
+    (lambda text: text.replace("0.828", "inf"), "line 2: val_acc is inf; allowed"),
+    (lambda text: text.replace(",10,", ",-10,"), "line 2: params is -10; allowed: >= 0"),
 ])
 def test_a_damaged_table_is_refused_not_misread(tmp_path: Path, damage, message: str) -> None:
     results.write_experiment(tmp_path, {"name": "damaged"})

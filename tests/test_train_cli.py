@@ -121,6 +121,17 @@ def test_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code, _, err = cli(capsys, "resnet20", "--dataset", "synthetic", "--lr", "-1")
     assert code == 2 and "lr must be > 0" in err
 
+    code, _, err = cli(capsys, "")  # `lmsearch train "$MODEL"` with MODEL unset
+    assert code == 2 and "argument MODEL|ARCH.json: must not be empty" in err
+
+    code, _, err = cli(capsys, "resnet20", "--dataset", "synthetic", "--image-size", "0")  # 0 is a value, not "unset"
+    assert code == 2 and "--image-size is only for --dataset imagenet or folder" in err
+    for cls in ("a", "b"):
+        (tmp_path / "folder" / cls).mkdir(parents=True)
+    code, _, err = cli(capsys, "resnet20", "--dataset", "folder", "--data-dir", str(tmp_path / "folder"),
+                       "--image-size", "0")
+    assert code == 2 and "image_size must be a positive integer (pixels); got 0" in err
+
 
 def test_divergence_exits_1_and_saves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code, out, err = cli(capsys, "resnet20", "--dataset", "synthetic", "--subset", "256", "--epochs", "2",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lmsearch.arch import LM_K_INITS, TORCHVISION_BASES  # imports no torch
+from lmsearch.cli import nonempty
 from lmsearch.space import MAX_EPOCHS  # the space files' limit (imports no torch)
 
 HELP = """Train one network on a dataset and report its test accuracy.
@@ -85,7 +86,7 @@ def finite_float(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = argparse.Namespace(**CLI_DEFAULTS)
-    parser.add_argument("model", metavar="MODEL|ARCH.json",
+    parser.add_argument("model", metavar="MODEL|ARCH.json", type=nonempty,
                         help="zoo name (e.g. resnet20, lm_resnet56), ArchSpec JSON, arch.json, export directory or "
                              "torchvision:NAME (e.g. torchvision:resnet50)")
     g = parser.add_argument_group("data")
@@ -273,7 +274,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = {"image_size": args.image_size} if args.image_size else {}
+    options = {"image_size": args.image_size} if args.image_size is not None else {}
     if options and args.dataset not in ("imagenet", "folder"):
         raise _UsageError("--image-size is only for --dataset imagenet or folder")
     try:
