@@ -63,7 +63,8 @@ class ParetoPruner(BasePruner):
     """Asynchronous successive halving by non-dominated rank of (accuracy, parameters), plus a reachability test.
 
     Args:
-        eta: reduction factor; the top ``ceil(n / eta)`` of the ``n`` trials at a rung go on.
+        eta: reduction factor; the top ``ceil(n / eta)`` of the ``n`` trials at a rung go on
+            (a trial that failed after the rung counts in ``n`` but takes no place in the top).
         min_epochs: the first rung; later rungs are ``min_epochs * eta**k``.
         max_epochs: the epoch budget (no rung at or beyond it).
         tie_break: how points of equal non-dominated rank are ordered (larger kept first):
@@ -121,10 +122,14 @@ class ParetoPruner(BasePruner):
         trials = study.get_trials(deepcopy=False)
         peers = [t for t in trials
                  if t.number != trial.number and step in t.intermediate_values and PARAMS_ATTR in t.user_attrs]
-        points = [(t.intermediate_values[step], t.user_attrs[PARAMS_ATTR]) for t in peers]
+        # a trial that failed after the rung counts in the rung's population but takes none of its places:
+        # it cannot go on, so its place goes to the next in rank
+        rivals = [t for t in peers if t.state != TrialState.FAIL]
+        points = [(t.intermediate_values[step], t.user_attrs[PARAMS_ATTR]) for t in rivals]
         points.append((trial.intermediate_values[step], trial.user_attrs[PARAMS_ATTR]))
         largest = max(t.user_attrs[PARAMS_ATTR] for t in trials if PARAMS_ATTR in t.user_attrs)
-        if not self.survives(np.asarray(points, dtype=float), len(points) - 1, largest) \
+        keep = math.ceil((len(peers) + 1) / self.eta)
+        if not self.survives(np.asarray(points, dtype=float), len(points) - 1, largest, keep=keep) \
                 and not (self.protect_schemes and step == self.rungs[-1] and self.best_of_its_scheme(peers, trial, step)):
             return True
         return self.reach and not self.reachable(trials, trial, step)
@@ -140,9 +145,10 @@ class ParetoPruner(BasePruner):
         rivals = [t.intermediate_values[step] for t in peers if scheme_of(t) == scheme and t.state != TrialState.FAIL]
         return not math.isnan(accuracy) and all(accuracy >= r for r in rivals if not math.isnan(r))
 
-    def survives(self, points: np.ndarray, index: int, largest: float | None = None) -> bool:
-        """Whether ``points[index]`` ranks in the top ``ceil(n / eta)`` of ``points`` (accuracy, params)."""
-        keep = math.ceil(len(points) / self.eta)
+    def survives(self, points: np.ndarray, index: int, largest: float | None = None, keep: int | None = None) -> bool:
+        """Whether ``points[index]`` ranks in the top ``keep`` (default ``ceil(n / eta)``) of the ``n``
+        ``points`` (accuracy, params)."""
+        keep = math.ceil(len(points) / self.eta) if keep is None else keep
         return index in self.order(points, largest)[:keep]
 
     def order(self, points: np.ndarray, largest: float | None = None) -> np.ndarray:

@@ -191,6 +191,25 @@ def test_protect_schemes_still_applies_the_reach_test() -> None:
     assert pruned(protect_schemes=True)                     # protected, but it cannot reach the front
 
 
+def test_a_failed_trial_takes_no_place_in_the_quota() -> None:
+    # Rung 1 of budget 9, eta 3: 6 trials keep ceil(6 / 3) = 2. The failed trial 0 ranks first (most
+    # accurate at the rung), then 1; x ranks third. Counted as a rival, 0 would take a place and stop
+    # x; failed, it cannot go on, so its place is x's. The quota stays 2 (0 counts in n).
+    peers = [_frozen(0, {1: 0.90}, 100, TrialState.FAIL),
+             _frozen(1, {1: 0.80}, 100, TrialState.RUNNING),
+             _frozen(2, {1: 0.60}, 100, TrialState.PRUNED),
+             _frozen(3, {1: 0.50}, 100, TrialState.PRUNED),
+             _frozen(4, {1: 0.40}, 100, TrialState.PRUNED)]
+    x = _frozen(10, {1: 0.70}, 100, TrialState.RUNNING)
+    pruner = ParetoPruner(eta=3, max_epochs=9, reach=False)
+    assert not pruner.prune(_rung_study(*peers, x), x)
+    assert pruner.prune(_rung_study(*peers, x), peers[2])                     # 4th in rank: still out
+    running = [_frozen(0, {1: 0.90}, 100, TrialState.RUNNING), *peers[1:]]
+    assert pruner.prune(_rung_study(*running, x), x)                          # alive, 0 keeps its place
+    four = [peers[0], peers[1], peers[3], x]                                 # 4 trials keep ceil(4 / 3) = 2,
+    assert not pruner.prune(_rung_study(*four), x)                            # not ceil(3 / 3) = 1: 0 counts in n
+
+
 def test_failed_and_nan_rivals_do_not_block_protection() -> None:
     peers = [_frozen(0, {1: 0.50, 3: 0.80}, 100, TrialState.RUNNING, scheme="euler"),
              _frozen(1, {1: 0.52, 3: 0.82}, 90, TrialState.RUNNING, scheme="euler"),
