@@ -145,7 +145,10 @@ def _check_finished(row: Any, exp: Path) -> None:
     state = _clean(row.get("state"))
     if state in (None, COMPLETE):
         return
-    finish = (f"finish it with `lmsearch search SPACE --out {exp} --resume`, or "
+    # resumed from Ray's state the trial goes on under its number; from the study alone (a fresh clone) its
+    # configuration runs again under a new number, which is the one to export then
+    finish = (f"finish it with `lmsearch search {exp / 'space.yaml'} --out {exp} --resume` (then export it, or "
+              f"the trial that ran its configuration again, which `lmsearch pareto {exp}` lists), or "
               if state == RUNNING else "")
     raise UnfinishedTrialError(
         f"trial {row['trial_id']} (number {_clean(row.get('number'))}) is {state}, not COMPLETE: weights stored "

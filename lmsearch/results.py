@@ -118,16 +118,35 @@ EXPERIMENT_FILES = (EXPERIMENT_FILE, TRIALS_FILE, CURVES_FILE, PARETO_FILE, PARE
 
 
 def check_output_file(path: PathLike, what: str) -> Path:
-    """``path`` as a file a command may write: not empty, not a directory, not an experiment folder's own file."""
+    """``path`` as a file a command may write: not empty, not a directory, not an experiment folder's own file
+    (a symlink is judged by where it points), in a folder that exists and takes a new file or can be created.
+    Returns ``path`` as given."""
     if not str(path).strip():
         raise ExperimentFolderError(f"{what}: an empty path; give a file name")
-    target = Path(path)
+    target, real = Path(path), Path(path).resolve()
     if target.is_dir():
         raise ExperimentFolderError(f"{what}: {target} is a directory; give a file name inside it")
-    if target.name in EXPERIMENT_FILES and (target.parent / EXPERIMENT_FILE).is_file():
-        raise ExperimentFolderError(f"{what}: {target} is a file of the experiment in {target.parent}; "
+    if real.name in EXPERIMENT_FILES and (real.parent / EXPERIMENT_FILE).is_file():
+        raise ExperimentFolderError(f"{what}: {target} is a file of the experiment in {real.parent}; "
                                     f"write somewhere else")
+    folder = real.parent
+    while not folder.exists():  # the nearest existing folder: the missing ones would be created in it
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ExperimentFolderError(f"{what}: {target}: {folder} is not a directory")
+    try:
+        check_writable(folder)
+    except OSError as exc:
+        raise ExperimentFolderError(f"{what}: cannot write in {folder}: {exc.strerror or exc}") from None
     return target
+
+
+def check_writable(folder: Path) -> None:
+    """A real write in ``folder`` (permission bits say little to root or on network file systems);
+    the OSError when it fails."""
+    probe = folder / f".write-test-{os.getpid()}"
+    probe.write_text("")
+    probe.unlink()
 
 _STR = "string"
 _INT = "Int64"
@@ -318,7 +337,9 @@ def read_curve_rows(exp_dir: PathLike) -> list[dict[str, Any]]:
     if not len(raw.columns):
         return []
     try:
-        table = _convert(raw, CURVE_DTYPES, str(path)).astype(object)
+        table = _convert(raw, CURVE_DTYPES, str(path))
+        _check_values(table, str(path))
+        table = table.astype(object)
     except ValueError as exc:
         raise ExperimentFolderError(str(exc)) from None
     return table.where(table.notna(), None).to_dict(orient="records")
@@ -479,7 +500,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     :class:`ExperimentFolderError` naming the file and line, never a quietly
     different table.
     """
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return pd.DataFrame()  # not written yet: a search writes its tables as trials start
     if not path.is_file():
         raise ExperimentFolderError(f"{path}: not a file; a search writes its tables there")

@@ -93,10 +93,8 @@ def _make_folder(exp_dir: Path) -> bool:
 
 def _check_output(exp_dir: Path, resume: bool) -> None:
     """With the folder locked, before Ray starts: it is writable and holds what the command needs."""
-    try:  # a real write, since permission bits say little to root or on network file systems
-        probe = exp_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+    try:
+        results.check_writable(exp_dir)
     except OSError as exc:
         raise SearchError(f"output folder {exp_dir} is not writable: {exc.strerror or exc}") from None
     tune_dir = exp_dir / RAY_DIR / TUNE_NAME
@@ -396,6 +394,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
     started_here = not ray.is_initialized()
     began = undo = False  # began: the Tuner runs, and from then on the folder is a search --resume continues
     status = "interrupted"
+    failing: BaseException | None = None  # the exception ending the run, if one does
     try:
         try:
             init_ray(address, node_ip=node_ip, log_to_driver=verbose >= 1)
@@ -457,6 +456,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
             status = "finished"
             shutil.rmtree(exp_dir / CHECKPOINT_DIR, ignore_errors=True)  # no unfinished trial is left
     except BaseException as exc:
+        failing = exc
         undo = not began and not resume
         if began and type(exc) is KeyboardInterrupt:  # a second Ctrl-C, which Ray lets through
             raise SearchInterrupted(exp_dir) from None
@@ -464,9 +464,8 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
     finally:
         recorder.RESTORED_PROGRESS = None
         try:
-            if began:
-                results.write_experiment(exp_dir, _experiment_meta(space, status, created, plan))
-                table = _write_front_table(exp_dir, space)  # also after a second Ctrl-C: the tables agree
+            if began:  # also after a second Ctrl-C or an error: the status and pareto.csv agree with the tables
+                table = _record_end(exp_dir, space, _experiment_meta(space, status, created, plan), failing)
         finally:
             if started_here:
                 ray.shutdown()
@@ -475,21 +474,38 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
     from lmsearch.progress import search_summary
 
     objectives = [(o.name, o.direction) for o in space.objectives]
-    plot = _write_front_plot(exp_dir, table, objectives)
-    print(search_summary(exp_dir, table, objectives, finished=status == "finished", plot=plot,
-                         wall_s=time.monotonic() - began_at))
+    try:
+        plot = _write_front_plot(exp_dir, table, objectives)
+        print(search_summary(exp_dir, table, objectives, finished=status == "finished", plot=plot,
+                             wall_s=time.monotonic() - began_at))
+    except KeyboardInterrupt:  # the tables are written: what is left is only the summary
+        raise SearchInterrupted(exp_dir) from None
     if status != "finished":
         raise SearchInterrupted(exp_dir)
     return exp_dir
 
 
-def _write_front_table(exp_dir: Path, space: SearchSpace) -> Any:
-    """Write pareto.csv from trials.csv; returns the trials table."""
+def _record_end(exp_dir: Path, space: SearchSpace, meta: dict[str, Any], failing: BaseException | None) -> Any:
+    """Write the run's end: experiment.json (its status) and pareto.csv from trials.csv; returns the trials table.
+
+    While ``failing`` (the exception ending the run) propagates, a failure here is a warning, so that the
+    error the user sees is the one that ended the run; a Ctrl-C here is an interrupted search.
+    """
     from lmsearch.pareto import pareto_front
 
-    table = results.load_results(exp_dir)
-    results.write_pareto(exp_dir, pareto_front(table, [(o.name, o.direction) for o in space.objectives]))
-    return table
+    try:
+        results.write_experiment(exp_dir, meta)
+        table = results.load_results(exp_dir)
+        results.write_pareto(exp_dir, pareto_front(table, [(o.name, o.direction) for o in space.objectives]))
+        return table
+    except KeyboardInterrupt:
+        raise SearchInterrupted(exp_dir) from failing
+    except Exception as exc:
+        if failing is None:
+            raise
+        print(f"lmsearch: could not record the end of the run in {exp_dir} ({exc}); `lmsearch check {exp_dir}` "
+              f"says what disagrees", file=sys.stderr)
+        return None
 
 
 def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path) -> tuple[int, list[dict[str, str]]]:

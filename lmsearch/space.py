@@ -39,7 +39,8 @@ is held out as the test split. As for every dataset, the validation split is
 
 Every value a parameter can take is checked, not just the ones written: both
 ends of a range, every choice, and every architecture the choices combine
-to, which must also stay below :data:`MAX_ARCH_PARAMS` parameters.
+to, whose arithmetic lower bound of parameters (:meth:`ArchSpec.min_params`) must
+stay below :data:`MAX_ARCH_PARAMS`.
 """
 
 from __future__ import annotations
@@ -624,9 +625,12 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
     pruner, pruner_notes = _parse_pruner(r, search.get("pruner", "none"), saved)
     for key in ("min_epochs", "warmup_epochs"):
         if pruner.get(key, 0) >= epochs:  # the pruner's first decision would be at the end of every trial
-            raise r.fail(f"search.pruner.{key}", f"{pruner[key]} is not below budget.epochs ({epochs}), so the "
-                                                 f"pruner would never stop a trial; give at most {epochs - 1}, "
-                                                 f"or pruner: none")
+            message = (f"{pruner[key]} is not below budget.epochs ({epochs}), so the pruner would never stop a "
+                       f"trial")
+            if not saved:
+                raise r.fail(f"search.pruner.{key}", f"{message}; give at most {epochs - 1}, or pruner: none")
+            # a copy an earlier search saved (and ran with) resumes as it was
+            pruner_notes = (*pruner_notes, f"search.pruner.{key}: {message}")
     seed = r.number(search.get("seed", 0), "search.seed", integer=True, low=0, high=MAX_SEARCH_SEED)
     max_concurrent = search.get("max_concurrent")
     if max_concurrent is not None:

@@ -111,3 +111,18 @@ def test_replace_validates() -> None:
     assert spec.replace(depth=56).stage_functions == (9, 9, 9)
     with pytest.raises(ValueError, match="depth must be 12n\\+2 for block=basic, scheme=rev"):
         spec.replace(scheme="rev")
+
+
+@pytest.mark.parametrize("spec", [
+    *[ArchSpec(base=name) for name in ("torchvision:resnet18", "torchvision:resnet50", "torchvision:resnext50_32x4d",
+                                       "torchvision:wide_resnet50_2")],
+    *[ArchSpec(scheme=scheme, depth=depth, width=width)
+      for scheme, depth in (("euler", 20), ("lm", 32), ("rk2", 26), ("poly", 14), ("rev", 26)) for width in (4, 16)],
+    *[ArchSpec(scheme=scheme, depth=29, width=8, block="bottleneck") for scheme in ("euler", "lm")],
+    ArchSpec(block="resnext", depth=29, groups=4, group_width=4),
+], ids=str)
+def test_min_params_is_a_lower_bound_of_the_count(spec: ArchSpec) -> None:
+    """What build_model's size guard relies on: it never refuses a net that is small enough."""
+    from lmsearch.nn.counting import count_params
+
+    assert 0 < spec.min_params() <= count_params(spec)

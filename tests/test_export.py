@@ -404,7 +404,8 @@ def test_export_of_a_running_trial_is_refused(tmp_path: Path) -> None:
     assert len(lines) == 1 and "Warning" not in proc.stderr, proc.stderr
     assert lines[0].startswith("lmsearch export: error: trial abc_00000 (number 0) is RUNNING, not COMPLETE")
     assert "may not belong together" in lines[0] and "val_acc 0.5, test_acc None" in lines[0]
-    assert f"lmsearch search SPACE --out {exp} --resume" in lines[0] and "--retrain-epochs N" in lines[0]
+    assert f"lmsearch search {exp / 'space.yaml'} --out {exp} --resume" in lines[0] and "--retrain-epochs N" in lines[0]
+    assert "the trial that ran its configuration again" in lines[0]
     assert not (tmp_path / "o").exists()
     with pytest.raises(export.UnfinishedTrialError, match=r"is RUNNING, not COMPLETE.*--resume"):
         export_best(exp, tmp_path / "o", trial="abc_00000")

@@ -155,7 +155,7 @@ def test_pareto_cli_refuses_unwritable_outputs_before_any_work(tmp_path: Path) -
         assert proc.stdout == ""  # refused before the tables
     cc = tmp_path / "cc"
     proc = _lmsearch("pareto", str(exp), "--compression-csv", str(cc / "x.csv"), "--compression-plot", str(cc))
-    _refused(proc, "--compression-plot", str(cc))
+    _refused(proc, "--compression-plot", str(cc), "must end in one of")  # no image extension
     proc = _lmsearch("pareto", str(exp), "--compression-csv", str(cc / "x.csv"), "--compression-plot", f"{cc}.png",
                      "--plot", f"{cc}.png")
     _refused(proc, "--plot", "--compression-plot", "collide")
@@ -164,11 +164,39 @@ def test_pareto_cli_refuses_unwritable_outputs_before_any_work(tmp_path: Path) -
     assert proc.stdout == "" and not cc.exists() and not Path(f"{cc}.png").exists()
 
 
-def test_pareto_cli_write_error_is_one_clean_line(tmp_path: Path) -> None:
+def test_pareto_cli_refuses_a_folder_that_takes_no_file_before_any_work(tmp_path: Path) -> None:
     exp = _experiment(tmp_path)
     proc = _lmsearch("pareto", str(exp), "--plot", "/proc/front.png")  # /proc takes no new files, even from root
-    _refused(proc, "--plot /proc/front.png: cannot write it")
-    assert "Pareto front" in proc.stdout
+    _refused(proc, "--plot: cannot write in /proc")
+    assert proc.stdout == ""
+
+
+def test_pareto_cli_write_error_is_one_clean_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import lmsearch.plots
+    from lmsearch.cli import main
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lmsearch.plots, "plot_pareto", disk_full)
+    exp, plot = _experiment(tmp_path), tmp_path / "front.png"
+    assert main(["pareto", str(exp), "--plot", str(plot)]) == 2
+    out = capsys.readouterr()
+    assert out.err == f"error: --plot {plot}: cannot write it: No space left on device\n"
+    assert "Pareto front" in out.out  # the table was shown before the plot failed
+
+
+def test_pareto_cli_outputs_are_judged_by_where_they_point(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    link = tmp_path / "front.png"
+    link.symlink_to(exp / "pareto.png")
+    proc = _lmsearch("pareto", str(exp), "--plot", str(link))
+    _refused(proc, f"--plot: {link} is a file of the experiment in {exp}")
+    assert not (exp / "pareto.png").exists()
+    proc = _lmsearch("pareto", str(exp), "--plot", str(tmp_path / "a.png"), "--compression-plot",
+                     str(tmp_path / "sub" / ".." / "a.png"))
+    _refused(proc, "collide")
 
 
 def test_pareto_cli_plot_format_follows_the_extension(tmp_path: Path) -> None:

@@ -242,6 +242,14 @@ def test_an_option_of_another_pruner_is_refused(tmp_path: Path) -> None:
     assert old_copy.pruner == {"name": "median"}
     assert old_copy.notes == ("search.pruner.percentile: not an option of the median pruner (it has warmup_epochs); "
                               "left out",)
+    # a first rung at the last epoch: refused in a new space, a note in a saved copy that already ran
+    (tmp_path / "late.yaml").write_text(text.replace("min_epochs: 1", "min_epochs: 6"))
+    with pytest.raises(Exception, match=r"search\.pruner\.min_epochs: 6 is not below budget\.epochs \(6\)"):
+        load_space(tmp_path / "late.yaml", check_data_dir=False)
+    late = load_space(tmp_path / "late.yaml", check_data_dir=False, saved=True)
+    assert late.pruner["min_epochs"] == 6
+    assert late.notes[-1] == ("search.pruner.min_epochs: 6 is not below budget.epochs (6), so the pruner would never "
+                              "stop a trial")
     # the option is named before its value is judged
     (tmp_path / "eta.yaml").write_text(bad.replace("name: successive_halving, eta: 3, min_epochs: 1, protect_schemes: "
                                                    "true", "name: median, eta: 1"))

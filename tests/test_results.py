@@ -227,6 +227,7 @@ def test_a_damaged_table_is_refused_not_misread(tmp_path: Path, damage, message:
 @pytest.mark.parametrize("damage, message", [
     (lambda path: path.write_text(""), "empty"),  # the writer always writes the header line
     (lambda path: (path.unlink(), path.mkdir()), "not a file"),
+    (lambda path: (path.unlink(), path.symlink_to(path.parent / "moved.csv")), "not a file"),  # a dangling link
 ])
 def test_an_empty_or_non_file_table_is_refused_not_read_as_no_trials(tmp_path: Path, damage, message: str) -> None:
     results.write_experiment(tmp_path, {"name": "damaged"})

@@ -169,7 +169,8 @@ def test_missing_output_parent_is_an_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
-def test_an_empty_out_is_refused_not_read_as_the_current_folder(tmp_path: Path) -> None:
+def test_an_empty_out_is_refused_not_read_as_the_current_folder(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     space = write_space(tmp_path, "tiny", n=1)
     work = tmp_path / "work"
     work.mkdir()
@@ -177,6 +178,7 @@ def test_an_empty_out_is_refused_not_read_as_the_current_folder(tmp_path: Path) 
     assert proc.returncode == 2 and "--out: must not be empty" in proc.stderr
     from lmsearch.search import SearchError
 
+    monkeypatch.chdir(work)  # were the refusal to break, the search would run in work, not in the repository
     with pytest.raises(SearchError, match="must not be empty"):
         lmsearch.run_search(space, out=" ")
     for verb in (["check", ""], ["pareto", ""], ["export", "", "--trial", "0", "--out", "x"]):

@@ -283,6 +283,35 @@ def test_summary_without_a_completed_trial_names_the_failure(capsys: pytest.Capt
     assert "no trial completed; the first failure (trial 0): diverged at epoch 1 (non-finite loss)" in out
 
 
+def test_recording_the_end_never_hides_the_error_that_ended_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmsearch import results
+    from lmsearch.search import SearchInterrupted, _record_end
+    from lmsearch.space import load_space
+
+    space = load_space(write_space(tmp_path), check_data_dir=False)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    results.write_trials_table(exp, [{"trial_id": "a", "number": 0, "state": "COMPLETE", "params": 10,
+                                      "val_acc": 0.5}])
+    table = _record_end(exp, space, {"name": "life", "status": "finished"}, None)
+    assert list(table.trial_id) == ["a"] and list(results.load_pareto(exp).trial_id) == ["a"]
+
+    (exp / "trials.csv").write_text("damaged")  # cut short
+    with pytest.raises(results.ExperimentFolderError, match="cut short"):  # nothing else failed: this is the error
+        _record_end(exp, space, {"name": "life", "status": "finished"}, None)
+    assert _record_end(exp, space, {"name": "life", "status": "interrupted"}, RuntimeError("Ray died")) is None
+    assert "could not record the end of the run" in capsys.readouterr().err  # a warning: Ray's error goes on
+    assert results.read_experiment(exp)["status"] == "interrupted"
+
+    def ctrl_c(_: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results, "load_results", ctrl_c)
+    with pytest.raises(SearchInterrupted):  # a Ctrl-C while the end is recorded: interrupted, --resume continues
+        _record_end(exp, space, {"name": "life", "status": "interrupted"}, None)
+
+
 def test_corrupt_study_on_resume_is_a_clear_error_and_changes_nothing(
         counted: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
     exp = tmp_path / "exp"

@@ -123,6 +123,9 @@ def test_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
     code, _, err = cli(capsys, "")  # `lmsearch train "$MODEL"` with MODEL unset
     assert code == 2 and "argument MODEL|ARCH.json: must not be empty" in err
+    for option in ("--save", "--data-dir"):  # an empty --save would train, then save nothing
+        code, _, err = cli(capsys, "resnet20", "--dataset", "synthetic", option, " ")
+        assert code == 2 and f"argument {option}: must not be empty or blank" in err
 
     code, _, err = cli(capsys, "resnet20", "--dataset", "synthetic", "--image-size", "0")  # 0 is a value, not "unset"
     assert code == 2 and "--image-size is only for --dataset imagenet or folder" in err

@@ -23,7 +23,7 @@ def nonempty(text: str) -> str:
     """An argparse type for paths and addresses: an empty value (an unset shell variable) is refused,
     not read as the current folder."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
+        raise argparse.ArgumentTypeError("must not be empty or blank")
     return text
 
 

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrain-epochs", type=int, default=0, metavar="E",
                         help="retrain from scratch on train+val for E epochs (default 0: use the trial's weights)")
     parser.add_argument("--device", default=None, help="device for retraining (default: cuda if available)")
-    parser.add_argument("--data-dir", default=None,
+    parser.add_argument("--data-dir", default=None, type=nonempty,
                         help="dataset folder for retraining (default: the experiment's dataset.data_dir)")
     parser.add_argument("--out", required=True, metavar="DIR2",
                         help="output directory (created if needed; must not be an existing file)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,13 +67,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
                 plot_format(target)
             except ValueError as exc:
                 raise _OutputError(f"{option}: {exc}") from None
-        folder = target.absolute().parent
-        while not folder.exists():  # the nearest existing folder, where the missing ones would be created
-            folder = folder.parent
-        if not folder.is_dir():
-            raise _OutputError(f"{option} {value}: {folder} is not a directory")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise _OutputError(f"{option} {value}: no permission to write in {folder}")
     for (option_a, a), (option_b, b) in itertools.combinations(outputs, 2):
         path_a, path_b = Path(a).resolve(), Path(b).resolve()
         if path_a == path_b or path_a in path_b.parents or path_b in path_a.parents:

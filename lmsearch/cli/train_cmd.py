@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="fashion-mnist", choices=list(DATASET_NAMES),
                    help="dataset (default fashion-mnist; synthetic is for tests)")
-    g.add_argument("--data-dir", metavar="DIR",
+    g.add_argument("--data-dir", metavar="DIR", type=nonempty,
                    help="where the dataset is (default $LMSEARCH_DATA, then /usr/share/datasets/fashion-mnist)")
     g.add_argument("--download", action="store_true", help="cifar10/cifar100: download when missing (needs internet)")
     g.add_argument("--subset", type=int, metavar="N", help="train on N images of the training part (seeded; default: all of it)")
@@ -139,7 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
-    r.add_argument("--save", metavar="DIR",
+    r.add_argument("--save", metavar="DIR", type=nonempty,
                    help="write arch.json + model.safetensors here after training (needs --epochs >= 1; "
                         "nothing is saved when the run diverges)")
 
