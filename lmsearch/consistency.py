@@ -107,8 +107,9 @@ def check(exp_dir: str | os.PathLike) -> CheckReport:
     out += _check_objectives(study, objectives)
     trials = study.get_trials(deepcopy=False)
     rows = _rows_by_number(table, out)
-    out += _check_states(trials, rows, objectives, finished=status == "finished")
-    out += _check_rows(table, {t.number: t for t in trials}, finished=status == "finished")
+    ended = status in results.ENDED_STATUSES
+    out += _check_states(trials, rows, objectives, finished=ended)
+    out += _check_rows(table, {t.number: t for t in trials}, finished=ended)
     out += _check_curves(table, curves, trials, rows)
     if status != "running":
         out += _check_pareto(exp, table, study, objectives)

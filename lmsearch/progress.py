@@ -193,8 +193,10 @@ def trial_counts(table: pd.DataFrame) -> str:
 
 
 def search_summary(exp_dir: Any, table: pd.DataFrame, objectives: Sequence[tuple[str, str]], finished: bool,
-                   plot: Any = None, wall_s: float | None = None) -> str:
+                   plot: Any = None, wall_s: float | None = None, stopped_by: str | None = None) -> str:
     """What a search prints when it ends: counts, the front, the plot's path and the next commands.
+
+    ``stopped_by``: why an unfinished search ended other than by Ctrl-C (its time budget).
 
     ``table``: the experiment's trials (:func:`lmsearch.load_results`); the front is over seed
     means where the space repeats architectures under several seeds, as ``lmsearch pareto`` shows it.
@@ -224,8 +226,8 @@ def search_summary(exp_dir: Any, table: pd.DataFrame, objectives: Sequence[tuple
     if plot is not None:
         lines.append(f"\nFront plot: {plot}")
     if not finished:
-        lines.append(f"\nThe search did not finish; continue it with: lmsearch search {exp_dir}/space.yaml "
-                     f"--out {exp_dir} --resume")
+        why = stopped_by or "The search did not finish"
+        lines.append(f"\n{why}; continue it with: lmsearch search {exp_dir}/space.yaml --out {exp_dir} --resume")
     lines.append("\nNext:")
     lines.append(f"  lmsearch pareto {exp_dir} --by scheme        # the front per scheme; "
                  f"--compression: LM vs ResNet")

@@ -6,7 +6,9 @@ it back with :func:`load_results` / :func:`load_curves`::
     results/<name>/
         space.yaml        copy of the search-space file
         experiment.json   {"name", "dataset", "objectives", "seed", "created",
-                           "study": "study.db", "status": running|finished|interrupted}
+                           "study": "study.db", "status": running|finished|interrupted|stopped}
+                          (stopped: its time budget ended the sitting, every trial ended; --resume
+                          runs the rest)
         trials.csv        one row per trial, columns TRIAL_COLUMNS
         curves.csv        one row per (trial, epoch), columns CURVE_COLUMNS
         pareto.csv        the front rows, columns TRIAL_COLUMNS
@@ -107,6 +109,8 @@ __all__ = [
 PathLike = str | os.PathLike
 
 EXPERIMENT_FILE = "experiment.json"
+#: experiment.json statuses in which every trial has ended
+ENDED_STATUSES = ("finished", "stopped")
 TRIALS_FILE = "trials.csv"
 CURVES_FILE = "curves.csv"
 PARETO_FILE = "pareto.csv"

@@ -48,6 +48,7 @@ __all__ = ["run_search", "SearchError", "SearchInterrupted", "experiment_dir"]
 
 RAY_DIR = "ray"
 TUNE_NAME = "tune"
+STOPPED = "stopped"  # experiment.json status: the time budget ended the sitting (results.ENDED_STATUSES)
 SPACE_COPY = results.SPACE_FILE
 STUDY_FILE = results.STUDY_FILE
 
@@ -160,6 +161,7 @@ def run_search(
     name: str | None = None,
     verbose: int = 0,
     progress: bool = True,
+    time_budget: float | None = None,
 ) -> Path:
     """Run (or ``resume``) the search a space file describes; returns the experiment folder.
 
@@ -179,6 +181,9 @@ def run_search(
             A FAILED trial is final: it is not run again.
         verbose: 0 (default): no output from Ray but warnings; 1: Ray Tune's status table
             of every trial every 30 s and the trials' own output; 2, 3: more of Ray's detail.
+        time_budget: seconds of this sitting after which no trial starts (replaces the file's
+            ``search.time_budget``); the trials running then finish, experiment.json says
+            ``stopped``, and ``resume`` runs the rest (from the study: Ray's state is removed).
         progress: one line per trial event (started or resumed, epoch, retried, pruned, completed, failed) with
             the counts, the front size and the estimated time left.
 
@@ -216,6 +221,10 @@ def run_search(
                                   f"delete {exp_dir / RAY_DIR} (the search then resumes from its study, finished "
                                   f"trials kept) or resume without --num-samples")
             space = dataclasses.replace(space, num_samples=num_samples)
+        if time_budget is not None:
+            if not time_budget > 0:
+                raise SearchError(f"--time-budget must be above 0 seconds; got {time_budget}")
+            space = dataclasses.replace(space, time_budget=float(time_budget))
         if pruner is not None:
             if pruner not in PRUNERS:
                 raise SearchError(f"--pruner must be one of {', '.join(PRUNERS)}; got {pruner!r}")
@@ -380,7 +389,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
 
     from lmsearch import recorder
     from lmsearch.progress import SearchProgress
-    from lmsearch.searcher import StudySearcher
+    from lmsearch.searcher import StudySearcher, TimeBudget
     from lmsearch.trainable import make_trainable
 
     began_at = time.monotonic()
@@ -445,6 +454,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
                 run_config=run_config,
             )
         results.write_experiment(exp_dir, _experiment_meta(space, "running", created, plan))
+        TimeBudget.start(space.time_budget)  # per sitting: a resumed search gets the whole budget again
         began = True
         if tuner is None:  # resumed from a study that had nothing left to run
             results.write_trials_table(exp_dir, earlier)
@@ -455,6 +465,8 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
         if ran >= to_run and not _unfinished(exp_dir):
             status = "finished"
             shutil.rmtree(exp_dir / CHECKPOINT_DIR, ignore_errors=True)  # no unfinished trial is left
+        elif TimeBudget.spent and not _unfinished(exp_dir):
+            status = STOPPED
     except BaseException as exc:
         failing = exc
         undo = not began and not resume
@@ -471,16 +483,23 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
                 ray.shutdown()
             if undo:
                 _undo_start(exp_dir, existed)
+    stopped_by = None
+    if status == STOPPED:
+        # Ray's saved state would restore its search generator as ended, so that no trial would run:
+        # every trial has ended, and a resume goes on from the study (which keeps them all) instead
+        shutil.rmtree(exp_dir / RAY_DIR, ignore_errors=True)
+        stopped_by = (f"The time budget ({space.time_budget or 0:g} s) was spent: no trial started after it, "
+                      f"and the trials running then finished")
     from lmsearch.progress import search_summary
 
     objectives = [(o.name, o.direction) for o in space.objectives]
     try:
         plot = _write_front_plot(exp_dir, table, objectives)
         print(search_summary(exp_dir, table, objectives, finished=status == "finished", plot=plot,
-                             wall_s=time.monotonic() - began_at))
+                             wall_s=time.monotonic() - began_at, stopped_by=stopped_by))
     except KeyboardInterrupt:  # the tables are written: what is left is only the summary
         raise SearchInterrupted(exp_dir) from None
-    if status != "finished":
+    if status not in ("finished", STOPPED):
         raise SearchInterrupted(exp_dir)
     return exp_dir
 

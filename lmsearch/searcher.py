@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,29 @@ class _DefineByRun:
         return {**sampled, "spec": spec.to_dict(), "params": count_params(spec), "number": trial.number, "run": run}
 
 
+class TimeBudget:
+    """A sitting's time budget (``search.time_budget``, ``--time-budget``): once spent, the searcher starts
+    no trial, and the trials running then finish (Optuna's ``timeout``, not Ray's ``time_budget_s``, which
+    would stop them half-trained).
+
+    Process-wide, not on the searcher: ``Tuner.restore`` unpickles the first sitting's searcher.
+    """
+
+    deadline: float | None = None  # time.monotonic() at which the budget is spent; None: no budget
+    spent = False  # whether the searcher refused a trial for it
+
+    @classmethod
+    def start(cls, seconds: float | None) -> None:
+        cls.deadline = None if seconds is None else time.monotonic() + seconds
+        cls.spent = False
+
+    @classmethod
+    def over(cls) -> bool:
+        if cls.deadline is not None and time.monotonic() >= cls.deadline:
+            cls.spent = True
+        return cls.spent
+
+
 def scheme_startup(space: SearchSpace) -> list[dict[str, Any]]:
     """The first trials of a sampled (not grid) search: one per scheme, in the space's order.
 
@@ -239,7 +263,9 @@ class StudySearcher(Searcher):
         """The space file defines the space and the objectives: accept only a call that changes neither."""
         return not config and metric in (None, self.space.metric_names) and mode in (None, self.space.modes)
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if TimeBudget.over():
+            return Searcher.FINISHED
         trial = self.study.ask()
         config = self._define(trial)
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)

@@ -60,7 +60,7 @@ import yaml
 from lmsearch.arch import MAX_ARCH_PARAMS, ArchSpec
 
 __all__ = ["SearchSpace", "SpaceError", "Objective", "load_space", "DATASETS", "SAMPLERS", "PRUNERS",
-           "MAX_WIDTH", "MAX_DEPTH", "MAX_ARCH_PARAMS"]
+           "MAX_WIDTH", "MAX_DEPTH", "MAX_ARCH_PARAMS", "parse_duration"]
 
 # dataset -> (in_channels, num_classes): what the architectures are checked against.
 # A folder's classes are its class folders, counted when the space is loaded.
@@ -235,6 +235,7 @@ class SearchSpace:
     gpu: float
     max_failures: int
     max_concurrent: int | None
+    time_budget: float | None  # seconds of one sitting after which no trial starts (running ones finish)
     data_root: str | None = None
     image_size: int | None = None
     test_fraction: float | None = None
@@ -620,7 +621,8 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
         raise r.fail("training.warmup_epochs", f"{_echo(warmup)} is longer than budget.epochs ({epochs}): the "
                                                f"rate would never reach lr; use at most {epochs}")
 
-    search = r.mapping(top.get("search"), "search", ("sampler", "num_samples", "seed", "pruner", "max_concurrent"))
+    search = r.mapping(top.get("search"), "search", ("sampler", "num_samples", "seed", "pruner", "max_concurrent",
+                                                     "time_budget"))
     sampler = r.choice(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)
     pruner, pruner_notes = _parse_pruner(r, search.get("pruner", "none"), saved)
     for key in ("min_epochs", "warmup_epochs"):
@@ -635,6 +637,12 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
     max_concurrent = search.get("max_concurrent")
     if max_concurrent is not None:
         r.number(max_concurrent, "search.max_concurrent", integer=True, low=1, high=MAX_SAMPLES)
+    time_budget = None
+    if search.get("time_budget") is not None:
+        try:
+            time_budget = parse_duration(search["time_budget"])
+        except ValueError as exc:
+            raise r.fail("search.time_budget", str(exc)) from None
 
     res = r.mapping(top.get("resources"), "resources", ("cpu", "gpu", "max_failures"))
     cpu = r.number(res.get("cpu", 1), "resources.cpu", low=0, low_open=True, high=MAX_CPU)
@@ -649,7 +657,7 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
         path=str(path), name=exp_name, **data, epochs=epochs, objectives=objectives, max_params=max_params,
         arch=arch, depth_by_scheme=depth_by_scheme, train=train, sampler=sampler, num_samples=0,
         seed=seed, pruner=pruner, cpu=float(cpu), gpu=float(gpu), max_failures=max_failures,
-        max_concurrent=max_concurrent, raw=doc, notes=pruner_notes,
+        max_concurrent=max_concurrent, time_budget=time_budget, raw=doc, notes=pruner_notes,
     )
     n_archs = _check_architectures(r, space, num_classes)
     space, n_archs = _without_lm_duplicates(r, space, num_classes, n_archs)
@@ -931,6 +939,31 @@ PRUNER_OPTIONS = {
     "percentile": ("percentile", "warmup_epochs"),
     "none": (),
 }
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+MAX_TIME_BUDGET = 366 * 24 * 3600
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds of a time budget: a number of seconds, or a number with the unit s, m or h ("90s", "20m",
+    "1.5h"); ``ValueError`` for anything else.
+
+    Example:
+        >>> parse_duration("20m"), parse_duration(90), parse_duration("1.5h")
+        (1200.0, 90.0, 5400.0)
+    """
+    text = str(value).strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], None) if text else None
+    number = text[:-1] if unit else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds) or not 0 < seconds <= MAX_TIME_BUDGET:
+        raise ValueError(f"must be a duration above 0 and at most 366 days: seconds (e.g. 600) or a number with "
+                         f"the unit s, m or h (e.g. 90s, 20m, 1.5h); got {value!r}")
+    return seconds
 
 
 def _parse_pruner(r: _Reader, value: Any, saved: bool = False) -> tuple[dict[str, Any], tuple[str, ...]]:

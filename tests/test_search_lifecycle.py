@@ -171,6 +171,25 @@ def test_ctrl_c_exits_130_and_leaves_a_folder_resume_continues(tmp_path: Path, p
     assert len(done) == 2 and (done.state == "COMPLETE").all()
 
 
+def test_time_budget_starts_no_trial_after_it_and_resume_runs_the_rest(tmp_path: Path) -> None:
+    space, exp = write_space(tmp_path, n=3), tmp_path / "exp"  # one trial at a time
+    proc = cli(str(space), "--out", str(exp), "--time-budget", "1")  # spent while trial 0 trains
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert status(exp) == "stopped"
+    done = lmsearch.load_results(exp)
+    assert list(done.number) == [0] and (done.state == "COMPLETE").all()  # the running trial finished
+    assert "The time budget (1 s) was spent" in proc.stdout and f"--out {exp} --resume" in proc.stdout
+    assert not (exp / "ray").exists()  # Ray would restore its search as ended: the resume goes on from the study
+    assert check_experiment(exp) == []
+
+    proc = cli(str(space), "--out", str(exp), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert status(exp) == "finished"
+    done = lmsearch.load_results(exp)
+    assert sorted(done.number) == [0, 1, 2] and (done.state == "COMPLETE").all()
+    assert check_experiment(exp) == []
+
+
 def process_group(pgid: int) -> list[str]:
     """Names of the live processes in process group ``pgid`` (from /proc: Ray's servers stay in the driver's group)."""
     names = []

@@ -15,6 +15,7 @@ examples:
   lmsearch search search_spaces/fashion_quick.yaml
   lmsearch search search_spaces/fashion_quick.yaml --num-samples 4 --out /tmp/quick
   lmsearch search search_spaces/fashion_quick.yaml --out /tmp/quick --resume
+  lmsearch search search_spaces/fashion_quick.yaml --time-budget 20m
   RAY_AUTH_MODE=token ray start --head --node-ip-address=127.0.0.2 --port=6390 --num-cpus=2
   lmsearch search search_spaces/fashion_quick.yaml --address 127.0.0.2:6390
 
@@ -26,7 +27,8 @@ accuracy, pruned, completed or failed, with the counts so far, the size of the
 Pareto front and the estimated time left. At the end: the front, the counts,
 the front plot (pareto.png) and the commands to look further.
 
-Exit status: 0 when every trial has ended; 2 when the search cannot start (bad
+Exit status: 0 when every trial has ended (all of them, or those a --time-budget
+let start: --resume runs the rest); 2 when the search cannot start (bad
 space file, data, --out, --address or resources: a new experiment then leaves
 nothing behind) or another running search uses --out; 130 when interrupted
 (Ctrl-C: continue with --resume).
@@ -35,6 +37,16 @@ The experiment folder (default results/<name>/) gets space.yaml, trials.csv,
 curves.csv, pareto.csv, the Optuna study (study.db: optuna-dashboard
 sqlite:///results/<name>/study.db) and Ray Tune's state under ray/.
 """
+
+
+def _duration(text: str) -> float:
+    """argparse type: a time budget in seconds (:func:`lmsearch.space.parse_duration`)."""
+    from lmsearch.space import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _node_ip(text: str) -> str:
@@ -61,6 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-ip", default="127.0.0.2", type=_node_ip,
                         help="address the local Ray node binds to (default 127.0.0.2, a loopback address: "
                              "no traffic leaves the machine); 'auto' lets Ray choose")
+    parser.add_argument("--time-budget", type=_duration, metavar="T",
+                        help="start no trial after T (seconds, or a number with s, m or h: 90s, 20m, 1.5h) in "
+                             "this sitting; the trials running then finish, and --resume runs the rest "
+                             "(default: the file's search.time_budget, else none)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted search in --out: finished trials are kept, "
                              "running ones restart from their last epoch checkpoint (without the "
@@ -86,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         run_search(
             args.space, out=args.out, name=args.name, num_samples=args.num_samples, pruner=args.pruner,
             address=args.address,
-            resume=args.resume, node_ip=None if args.node_ip == "auto" else args.node_ip,
+            resume=args.resume, node_ip=None if args.node_ip == "auto" else args.node_ip, time_budget=args.time_budget,
             verbose=args.verbose, progress=not args.quiet,
         )
     except (SpaceError, SearchError, ExperimentLocked, ClusterAuthError, ExperimentFolderError,
