@@ -181,9 +181,9 @@ def run_search(
             A FAILED trial is final: it is not run again.
         verbose: 0 (default): no output from Ray but warnings; 1: Ray Tune's status table
             of every trial every 30 s and the trials' own output; 2, 3: more of Ray's detail.
-        time_budget: seconds of this sitting after which no trial starts (replaces the file's
-            ``search.time_budget``); the trials running then finish, experiment.json says
-            ``stopped``, and ``resume`` runs the rest (from the study: Ray's state is removed).
+        time_budget: seconds from this sitting's first trial after which no trial is drawn (replaces
+            the file's ``search.time_budget``); the trials drawn before finish, experiment.json says
+            ``stopped``, and ``resume`` runs the rest (from the study: Ray's saved search has ended).
         progress: one line per trial event (started or resumed, epoch, retried, pruned, completed, failed) with
             the counts, the front size and the estimated time left.
 
@@ -214,7 +214,7 @@ def run_search(
         if num_samples is not None:
             if num_samples < 1:
                 raise SearchError(f"--num-samples must be >= 1; got {num_samples}")
-            if resume and num_samples != space.num_samples and (exp_dir / RAY_DIR / TUNE_NAME).is_dir():
+            if resume and num_samples != space.num_samples and _ray_state_restores(exp_dir):
                 # Tuner.restore keeps the trial count it was started with: a new one would be ignored
                 raise SearchError(f"--num-samples {num_samples}: {exp_dir} is resumed from Ray's state, which keeps "
                                   f"the {space.num_samples} trials it was started with; to change the count, "
@@ -415,7 +415,12 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
             shutil.copyfile(space_file, exp_dir / SPACE_COPY)
         trainable = make_trainable(space, data, exp_dir)
         tune_dir = exp_dir / RAY_DIR / TUNE_NAME
-        from_study = resume and not tune_dir.is_dir()
+        from_study = resume and not _ray_state_restores(exp_dir)
+        if from_study and tune_dir.is_dir():
+            print(f"lmsearch: the last sitting's time budget ended Ray's search before every trial was drawn, "
+                  f"so {exp_dir / RAY_DIR} cannot go on with it; it is removed and the search goes on from "
+                  f"the study", file=sys.stderr)
+            shutil.rmtree(exp_dir / RAY_DIR)
         to_run, earlier = space.num_samples, []
         if not resume or from_study:
             searcher: Any = StudySearcher(space, exp_dir, in_channels=data.info.in_channels,
@@ -475,6 +480,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
         raise
     finally:
         recorder.RESTORED_PROGRESS = None
+        TimeBudget.start(None)  # a searcher used later in this process has no deadline
         try:
             if began:  # also after a second Ctrl-C or an error: the status and pareto.csv agree with the tables
                 table = _record_end(exp_dir, space, _experiment_meta(space, status, created, plan), failing)
@@ -484,12 +490,9 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
             if undo:
                 _undo_start(exp_dir, existed)
     stopped_by = None
-    if status == STOPPED:
-        # Ray's saved state would restore its search generator as ended, so that no trial would run:
-        # every trial has ended, and a resume goes on from the study (which keeps them all) instead
-        shutil.rmtree(exp_dir / RAY_DIR, ignore_errors=True)
-        stopped_by = (f"The time budget ({space.time_budget or 0:g} s) was spent: no trial started after it, "
-                      f"and the trials running then finished")
+    if status == STOPPED:  # a resume goes on from the study (see _ray_state_restores)
+        stopped_by = (f"The time budget ({space.time_budget or 0:g} s) was spent: no trial was drawn after it, "
+                      f"and the trials drawn before it finished")
     from lmsearch.progress import search_summary
 
     objectives = [(o.name, o.direction) for o in space.objectives]
@@ -502,6 +505,28 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
     if status not in ("finished", STOPPED):
         raise SearchInterrupted(exp_dir)
     return exp_dir
+
+
+def _ray_state_restores(exp_dir: Path) -> bool:
+    """Whether ``Tuner.restore`` can go on with the folder's Ray state.
+
+    Not when there is none (a fresh clone), nor when its saved search generator ended before
+    every trial was drawn (a time budget spent in an earlier sitting): restored, it would
+    draw no trial again. The search then goes on from its study.
+    """
+    tune_dir = exp_dir / RAY_DIR / TUNE_NAME
+    if not tune_dir.is_dir():
+        return False
+    try:  # Ray's own reader of its search-generator checkpoint (a pickle): internal, hence guarded
+        from ray.tune.search.search_generator import SearchGenerator
+        from ray.tune.utils.util import _load_newest_checkpoint
+
+        state = _load_newest_checkpoint(str(tune_dir), SearchGenerator.CKPT_FILE_TMPL.format("*"))
+    except Exception:  # noqa: BLE001 - unreadable: let Tuner.restore judge it, as before
+        return True
+    ended_early = bool(state) and bool(state.get("finished")) and state.get("counter", 0) < state.get(
+        "total_samples", 0)
+    return not ended_early
 
 
 def _record_end(exp_dir: Path, space: SearchSpace, meta: dict[str, Any], failing: BaseException | None) -> Any:

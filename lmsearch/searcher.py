@@ -175,25 +175,30 @@ class _DefineByRun:
 
 
 class TimeBudget:
-    """A sitting's time budget (``search.time_budget``, ``--time-budget``): once spent, the searcher starts
-    no trial, and the trials running then finish (Optuna's ``timeout``, not Ray's ``time_budget_s``, which
-    would stop them half-trained).
+    """A sitting's time budget (``search.time_budget``, ``--time-budget``), counted from the sitting's first
+    trial: once spent, the searcher draws no trial, and the trials drawn before finish (Optuna's
+    ``timeout``, not Ray's ``time_budget_s``, which would stop them half-trained). A trial drawn while
+    it waited for a free CPU still starts.
 
     Process-wide, not on the searcher: ``Tuner.restore`` unpickles the first sitting's searcher.
     """
 
-    deadline: float | None = None  # time.monotonic() at which the budget is spent; None: no budget
+    seconds: float | None = None  # the budget; None: none
+    deadline: float | None = None  # time.monotonic() at which it is spent (set by the first trial drawn)
     spent = False  # whether the searcher refused a trial for it
 
     @classmethod
     def start(cls, seconds: float | None) -> None:
-        cls.deadline = None if seconds is None else time.monotonic() + seconds
-        cls.spent = False
+        cls.seconds, cls.deadline, cls.spent = seconds, None, False
 
     @classmethod
     def over(cls) -> bool:
-        if cls.deadline is not None and time.monotonic() >= cls.deadline:
-            cls.spent = True
+        if cls.seconds is None:
+            return False
+        now = time.monotonic()
+        if cls.deadline is None:  # Ray's start-up is not the budget's: the first trial always runs
+            cls.deadline = now + cls.seconds
+        cls.spent = cls.spent or now >= cls.deadline
         return cls.spent
 
 

@@ -235,7 +235,7 @@ class SearchSpace:
     gpu: float
     max_failures: int
     max_concurrent: int | None
-    time_budget: float | None  # seconds of one sitting after which no trial starts (running ones finish)
+    time_budget: float | None  # seconds from a sitting's first trial after which no trial is drawn
     data_root: str | None = None
     image_size: int | None = None
     test_fraction: float | None = None

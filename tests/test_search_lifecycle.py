@@ -171,7 +171,10 @@ def test_ctrl_c_exits_130_and_leaves_a_folder_resume_continues(tmp_path: Path, p
     assert len(done) == 2 and (done.state == "COMPLETE").all()
 
 
-def test_time_budget_starts_no_trial_after_it_and_resume_runs_the_rest(tmp_path: Path) -> None:
+ENDED_NOTE = "time budget ended Ray's search before every trial was drawn"
+
+
+def test_time_budget_draws_no_trial_after_it_and_resume_runs_the_rest(tmp_path: Path) -> None:
     space, exp = write_space(tmp_path, n=3), tmp_path / "exp"  # one trial at a time
     proc = cli(str(space), "--out", str(exp), "--time-budget", "1")  # spent while trial 0 trains
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -179,14 +182,39 @@ def test_time_budget_starts_no_trial_after_it_and_resume_runs_the_rest(tmp_path:
     done = lmsearch.load_results(exp)
     assert list(done.number) == [0] and (done.state == "COMPLETE").all()  # the running trial finished
     assert "The time budget (1 s) was spent" in proc.stdout and f"--out {exp} --resume" in proc.stdout
-    assert not (exp / "ray").exists()  # Ray would restore its search as ended: the resume goes on from the study
     assert check_experiment(exp) == []
 
-    proc = cli(str(space), "--out", str(exp), "--resume")
+    proc = cli(str(space), "--out", str(exp), "--resume")  # Ray's state would draw no trial: from the study
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ENDED_NOTE in proc.stderr
     assert status(exp) == "finished"
     done = lmsearch.load_results(exp)
     assert sorted(done.number) == [0, 1, 2] and (done.state == "COMPLETE").all()
+    assert check_experiment(exp) == []
+
+
+def test_ctrl_c_after_the_time_budget_is_spent_still_resumes_to_the_end(tmp_path: Path) -> None:
+    # No max_concurrent, a 1 s budget: the trials drawn in that second (Ray draws the next one once the
+    # last has started, so here trial 0 alone), then no more, and Ray saves its search as ended. Ctrl-C
+    # while they train; the resume must still run all 4.
+    space = write_space(tmp_path, n=4, epochs=3)
+    space.write_text(space.read_text().replace(", max_concurrent: 1", ""))
+    exp = tmp_path / "exp"
+    driver = start(tmp_path, str(space), "--out", str(exp), "--time-budget", "1")
+    try:
+        wait_for(lambda: (exp / "curves.csv").is_file(), driver, "a trial epoch")
+        driver.send_signal(signal.SIGINT)
+        finish(driver, timeout=120)
+    finally:
+        stop_group(driver)
+    assert driver.returncode == 130 and status(exp) == "interrupted"
+    assert (lmsearch.load_results(exp).state == "COMPLETE").sum() < 4
+
+    proc = cli(str(space), "--out", str(exp), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ENDED_NOTE in proc.stderr and status(exp) == "finished"
+    done = lmsearch.load_results(exp)
+    assert (done.state == "COMPLETE").sum() == 4  # the two interrupted trials ran again, and the two never drawn
     assert check_experiment(exp) == []
 
 

@@ -27,8 +27,8 @@ accuracy, pruned, completed or failed, with the counts so far, the size of the
 Pareto front and the estimated time left. At the end: the front, the counts,
 the front plot (pareto.png) and the commands to look further.
 
-Exit status: 0 when every trial has ended (all of them, or those a --time-budget
-let start: --resume runs the rest); 2 when the search cannot start (bad
+Exit status: 0 when every trial has ended (all of them, or those drawn within
+--time-budget: --resume runs the rest); 2 when the search cannot start (bad
 space file, data, --out, --address or resources: a new experiment then leaves
 nothing behind) or another running search uses --out; 130 when interrupted
 (Ctrl-C: continue with --resume).
@@ -74,9 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address the local Ray node binds to (default 127.0.0.2, a loopback address: "
                              "no traffic leaves the machine); 'auto' lets Ray choose")
     parser.add_argument("--time-budget", type=_duration, metavar="T",
-                        help="start no trial after T (seconds, or a number with s, m or h: 90s, 20m, 1.5h) in "
-                             "this sitting; the trials running then finish, and --resume runs the rest "
-                             "(default: the file's search.time_budget, else none)")
+                        help="draw no trial after T (seconds, or a number with s, m or h: 90s, 20m, 1.5h) "
+                             "from this sitting's first trial; the trials drawn before finish, and --resume "
+                             "runs the rest (default: the file's search.time_budget, else none)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted search in --out: finished trials are kept, "
                              "running ones restart from their last epoch checkpoint (without the "
