@@ -183,23 +183,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record", help="run the recording search (slow)")
-    rec.add_argument("--space", type=Path, default=DATA / "pruning_record.yaml")
+    rec.add_argument("--space", type=Path, default=DATA / "pruning_record.yaml",
+                     help="search space to record (default benchmarks/data/pruning_record.yaml)")
     rec.add_argument("--out", type=Path, default=Path("results"),
                      help="parent of the experiment folder (named after the space; default results)")
     rec.add_argument("--curves", type=Path, default=CURVES, help=f"table to write (default {CURVES.name})")
     rec.add_argument("--node-ip", help="address of the local Ray node (lmsearch search --node-ip)")
     rep = sub.add_parser("replay", help="replay the recorded curves under each pruner")
-    rep.add_argument("--curves", type=Path, default=CURVES)
-    rep.add_argument("--seeds", type=int, default=10)
-    rep.add_argument("--workers", type=int, default=2)
+    rep.add_argument("--curves", type=Path, default=CURVES,
+                     help=f"recorded table to replay (default {CURVES.name}: table A; pruning_curves_b.csv: B)")
+    rep.add_argument("--seeds", type=int, default=10, help="seeded trial orders to average over (default 10)")
+    rep.add_argument("--workers", type=int, default=2, help="trials that run at once (default 2)")
     rep.add_argument("--eta", type=int, default=3, help="reduction factor of asha and pareto (default 3)")
     rep.add_argument("--min-epochs", type=int, default=1, help="first rung of asha and pareto (default 1)")
     swp = sub.add_parser("sweep", help="asha and pareto over several rung settings (eta x first rung)")
-    swp.add_argument("--curves", type=Path, default=CURVES)
-    swp.add_argument("--seeds", type=int, default=10)
-    swp.add_argument("--workers", type=int, default=2)
-    swp.add_argument("--etas", type=int, nargs="+", default=[2, 3, 4])
-    swp.add_argument("--min-epochs-list", type=int, nargs="+", default=[1, 2, 3])
+    swp.add_argument("--curves", type=Path, default=CURVES, help=f"recorded table (default {CURVES.name})")
+    swp.add_argument("--seeds", type=int, default=10, help="seeded trial orders to average over (default 10)")
+    swp.add_argument("--workers", type=int, default=2, help="trials that run at once (default 2)")
+    swp.add_argument("--etas", type=int, nargs="+", default=[2, 3, 4], help="reduction factors (default 2 3 4)")
+    swp.add_argument("--min-epochs-list", type=int, nargs="+", default=[1, 2, 3],
+                     help="first rungs (default 1 2 3)")
     for cmd in (rep, swp):
         cmd.add_argument("--epochs", type=int,
                          help="cut the table at this epoch (the replayed budget; default all). The curves stay "
