@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -143,9 +144,16 @@ class MultiObjectiveTPESampler(optuna.samplers.TPESampler):
                                           param_distribution)
 
 
-def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler a space names (grid points are enqueued, then sampled as given)."""
+def make_sampler(space: SearchSpace, trials_before: int = 0) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a space names (grid points are enqueued, then sampled as given).
+
+    ``trials_before``: trials the study already has when a sampler is built anew for it (a search
+    resumed from its study alone). Seeded as the first sitting's, its random draws would repeat that
+    sitting's; it gets a seed of its own, derived from the space's seed and that count.
+    """
     seed = space.seed
+    if trials_before:
+        seed = int(np.random.SeedSequence([space.seed, trials_before]).generate_state(1)[0])
     if space.sampler == "tpe":
         return MultiObjectiveTPESampler(seed=seed, multivariate=True, constant_liar=True)
     if space.sampler == "nsga2":
@@ -237,7 +245,7 @@ class StudySearcher(Searcher):
         super().__init__()
         self.space = space
         self.record = StudyRecord(study_storage_url(exp_dir), space.name)
-        self.sampler = make_sampler(space)
+        self.sampler = make_sampler(space, 0 if fresh else self._trials_so_far())
         self._define = _DefineByRun(space, in_channels, num_classes)
         self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
         self._study: optuna.Study | None = None
@@ -247,6 +255,15 @@ class StudySearcher(Searcher):
         elif fresh:
             for point in scheme_startup(space):
                 self.study.enqueue_trial(point)
+
+    def _trials_so_far(self) -> int:
+        """Trials of the persisted study (0 when it does not exist yet)."""
+        storage = self.record.storage
+        try:
+            study_id = storage.get_study_id_from_name(self.space.name)
+        except KeyError:
+            return 0
+        return len(storage.get_all_trials(study_id, deepcopy=False))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_study": None}  # Tune pickles the searcher; the study is reopened

@@ -190,6 +190,27 @@ def test_restored_sampler_does_not_repeat_its_draws(tmp_path: Path) -> None:
     assert restored.suggest("b")["train"]["lr"] != first["train"]["lr"]
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_search_resumed_from_its_study_does_not_repeat_its_first_draws(tmp_path: Path, sampler: str) -> None:
+    # A fresh clone has no Ray state: the searcher is built anew on the study. Seeded as the first
+    # sitting was, its sampler would draw the first sitting's values again.
+    space = _space(tmp_path, f"""
+        architecture: {{scheme: euler, depth: [8, 14, 20], width: [4, 8]}}
+        training: {{lr: {{low: 0.01, high: 0.2, log: true}}}}
+        budget: {{epochs: 3}}
+        search: {{sampler: {sampler}, num_samples: 12, seed: 0}}
+    """)  # one scheme: no start-up trials, the sampler draws from the first trial on
+    first = _searcher(space, tmp_path)
+    drawn = []
+    for trial_id in ("a", "b", "c", "d", "e", "f"):
+        config = first.suggest(trial_id)
+        first.on_trial_complete(trial_id, _epoch(config, 3, 0.8, status="completed"))
+        drawn.append(config["train"]["lr"])
+    again = _searcher(space, tmp_path, fresh=False)
+    later = [again.suggest(trial_id)["train"]["lr"] for trial_id in ("g", "h", "i")]
+    assert not set(later) & set(drawn)
+
+
 def test_tune_search_properties_cannot_replace_the_space(tmp_path: Path) -> None:
     searcher = _searcher(_space(tmp_path, CONDITIONAL.format(sampler="random")), tmp_path)
     assert searcher.set_search_properties(None, None, {})
