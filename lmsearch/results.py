@@ -109,8 +109,10 @@ __all__ = [
 PathLike = str | os.PathLike
 
 EXPERIMENT_FILE = "experiment.json"
+#: experiment.json status of a search whose time budget ended the sitting (every trial drawn has ended)
+STOPPED = "stopped"
 #: experiment.json statuses in which every trial has ended
-ENDED_STATUSES = ("finished", "stopped")
+ENDED_STATUSES = ("finished", STOPPED)
 TRIALS_FILE = "trials.csv"
 CURVES_FILE = "curves.csv"
 PARETO_FILE = "pareto.csv"

@@ -40,7 +40,7 @@ from typing import Any
 from lmsearch import results
 from lmsearch.cluster import DEFAULT_NODE_IP, init_ray
 from lmsearch.lock import ExperimentLock
-from lmsearch.space import PRUNERS, SearchSpace, load_space
+from lmsearch.space import PRUNERS, SearchSpace, load_space, parse_duration
 from lmsearch.states import COMPLETE, FAILED, PRUNED, RUNNING
 from lmsearch.trial_checkpoints import CHECKPOINT_DIR
 
@@ -48,7 +48,7 @@ __all__ = ["run_search", "SearchError", "SearchInterrupted", "experiment_dir"]
 
 RAY_DIR = "ray"
 TUNE_NAME = "tune"
-STOPPED = "stopped"  # experiment.json status: the time budget ended the sitting (results.ENDED_STATUSES)
+STOPPED = results.STOPPED
 SPACE_COPY = results.SPACE_FILE
 STUDY_FILE = results.STUDY_FILE
 
@@ -222,9 +222,10 @@ def run_search(
                                   f"trials kept) or resume without --num-samples")
             space = dataclasses.replace(space, num_samples=num_samples)
         if time_budget is not None:
-            if not time_budget > 0:
-                raise SearchError(f"--time-budget must be above 0 seconds; got {time_budget}")
-            space = dataclasses.replace(space, time_budget=float(time_budget))
+            try:
+                space = dataclasses.replace(space, time_budget=parse_duration(time_budget))
+            except ValueError as exc:
+                raise SearchError(f"--time-budget {exc}") from None
         if pruner is not None:
             if pruner not in PRUNERS:
                 raise SearchError(f"--pruner must be one of {', '.join(PRUNERS)}; got {pruner!r}")

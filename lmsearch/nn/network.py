@@ -101,8 +101,9 @@ def build_model(spec: ArchSpec) -> nn.Module:
     """
     if not isinstance(spec, ArchSpec):
         raise TypeError(f"build_model needs an lmsearch.ArchSpec; got {type(spec).__name__}")
-    if spec.min_params() > MAX_ARCH_PARAMS:
-        raise ValueError(f"this network has at least {spec.min_params():.3g} parameters; at most "
+    at_least = spec.min_params()
+    if at_least > MAX_ARCH_PARAMS:
+        raise ValueError(f"this network has at least {at_least:.3g} parameters; at most "
                          f"{MAX_ARCH_PARAMS:.0e} are allowed: choose a smaller width or depth")
     if spec.base is not None:
         from lmsearch.nn.torchvision_lm import build_base
