@@ -487,7 +487,12 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
                 table = _record_end(exp_dir, space, _experiment_meta(space, status, created, plan), failing)
         finally:
             if started_here:
-                ray.shutdown()
+                try:
+                    ray.shutdown()
+                except KeyboardInterrupt:  # a Ctrl-C while Ray shuts down: after began, an interrupted search
+                    if not began:
+                        raise
+                    raise SearchInterrupted(exp_dir) from None
             if undo:
                 _undo_start(exp_dir, existed)
     stopped_by = None
