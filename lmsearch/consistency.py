@@ -51,7 +51,7 @@ from optuna.trial import FrozenTrial
 from lmsearch import results
 from lmsearch.pareto import pareto_front
 from lmsearch.results import ExperimentFolderError
-from lmsearch.searcher import EPOCH_METRIC, ORPHANED_ATTR, RAY_TRIAL_ATTR
+from lmsearch.searcher import EPOCH_METRIC, ORPHANED_ATTR, RAY_TRIAL_ATTR, finished_outcomes
 from lmsearch.states import COMPLETE, FAILED, FINISHED, PRUNED, ROW_STATE_OF_OPTUNA, RUNNING
 
 __all__ = ["check_experiment", "check", "CheckReport"]
@@ -66,13 +66,23 @@ class CheckReport:
     status: str
     disagreements: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # trials.csv state -> rows
+    planned: int | None = None  # experiment.json's num_samples (None in a folder that lacks it)
+    left: int | None = None  # trials a --resume would still run: planned minus the study's finished trials
 
     @property
     def trials(self) -> int:
         return sum(self.counts.values())
 
+    def progress(self) -> str:
+        """``status running: 22 of 24 trials left to run``, or just the status once none is left."""
+        status = f"status {self.status or 'unknown'}"
+        if self.left and self.planned:
+            return f"{status}: {self.left} of {self.planned} trials left to run"
+        return status
+
     def summary(self) -> str:
-        """``consistent: N trials (c complete, p pruned, f failed[, r running])``, or how many disagreements."""
+        """``consistent: N trials (c complete, p pruned, f failed[, r running]); status S[: L of P trials left
+        to run]``, or how many disagreements."""
         if self.disagreements:
             n = len(self.disagreements)
             return f"{n} disagreement{'s' if n != 1 else ''} between study.db and the tables:"
@@ -80,7 +90,8 @@ class CheckReport:
                  f"{self.counts.get(FAILED, 0)} failed"]
         if self.counts.get(RUNNING):
             parts.append(f"{self.counts[RUNNING]} running")
-        return f"consistent: {self.trials} trial{'s' if self.trials != 1 else ''} ({', '.join(parts)})"
+        return (f"consistent: {self.trials} trial{'s' if self.trials != 1 else ''} ({', '.join(parts)}); "
+                f"{self.progress()}")
 
 
 def check_experiment(exp_dir: str | os.PathLike) -> list[str]:
@@ -102,7 +113,10 @@ def check(exp_dir: str | os.PathLike) -> CheckReport:
     status = str(meta.get("status") or "")
     study = _open_study(exp / str(meta.get("study") or results.STUDY_FILE), str(meta.get("name") or exp.name))
     objectives = results.experiment_objectives(meta, exp / results.EXPERIMENT_FILE)
-    report = CheckReport(exp, status, counts={k: int(v) for k, v in table["state"].value_counts().items()})
+    planned = meta.get("num_samples")
+    planned = planned if isinstance(planned, int) and not isinstance(planned, bool) and planned > 0 else None
+    report = CheckReport(exp, status, counts={k: int(v) for k, v in table["state"].value_counts().items()},
+                         planned=planned, left=None if planned is None else max(0, planned - len(finished_outcomes(study))))
     out = report.disagreements
     out += _check_objectives(study, objectives)
     trials = study.get_trials(deepcopy=False)

@@ -417,17 +417,19 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
         trainable = make_trainable(space, data, exp_dir)
         tune_dir = exp_dir / RAY_DIR / TUNE_NAME
         from_study = resume and not _ray_state_restores(exp_dir)
+        why = f"no Ray state in {exp_dir / RAY_DIR}"
         if from_study and tune_dir.is_dir():
             print(f"lmsearch: the last sitting's time budget ended Ray's search before every trial was drawn, "
                   f"so {exp_dir / RAY_DIR} cannot go on with it; it is removed and the search goes on from "
                   f"the study", file=sys.stderr)
             shutil.rmtree(exp_dir / RAY_DIR)
+            why = "Ray's state ended with the time budget"
         to_run, earlier = space.num_samples, []
         if not resume or from_study:
             searcher: Any = StudySearcher(space, exp_dir, in_channels=data.info.in_channels,
                                           num_classes=data.info.num_classes, fresh=not resume)
             if from_study:
-                to_run, earlier = _continue_from_study(searcher, space, exp_dir)
+                to_run, earlier = _continue_from_study(searcher, space, exp_dir, why)
             plan = {"ray_trials": to_run, "trials_planned": len(earlier) + to_run}
         else:
             plan = _restored_plan(previous or {}, space)
@@ -558,14 +560,15 @@ def _record_end(exp_dir: Path, space: SearchSpace, meta: dict[str, Any], failing
         return None
 
 
-def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path) -> tuple[int, list[dict[str, str]]]:
+def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path,
+                         why: str) -> tuple[int, list[dict[str, str]]]:
     """Prepare a search resumed from its Optuna study alone (Ray's state is gone).
 
     The study's RUNNING trials are orphans (no Ray trial will finish them):
     they are failed and their configurations queued again, which keeps every
     grid point; queued grid points are still WAITING in the study. Returns
     the number of trials left to run and the earlier trials.csv rows, with the
-    rows of unfinished trials marked FAILED.
+    rows of unfinished trials marked FAILED. ``why`` (printed) says why the study is the source.
     """
     searcher.reconcile_orphans()
     finished, test_accs = searcher.finished_outcomes(), searcher.test_accuracies()
@@ -582,7 +585,7 @@ def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path) -> tu
             row["state"] = FAILED
             row["error"] = "interrupted; resumed from the study, which queued this configuration again"
     left = max(0, space.num_samples - len(finished))
-    print(f"lmsearch: no Ray state in {exp_dir / RAY_DIR}; resuming from the study: {len(finished)} trials "
+    print(f"lmsearch: {why}; resuming from the study: {len(finished)} trial{'s' if len(finished) != 1 else ''} "
           f"finished, {left} to run", file=sys.stderr)
     return left, rows
 

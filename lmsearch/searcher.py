@@ -367,5 +367,14 @@ class StudySearcher(Searcher):
 
         Orphans failed by :meth:`reconcile_orphans` are left out: their configuration runs again.
         """
-        return {t.number: ROW_STATE_OF_OPTUNA[t.state.name] for t in self.study.get_trials(deepcopy=False)
-                if t.state.is_finished() and ORPHANED_ATTR not in t.user_attrs}
+        return finished_outcomes(self.study)
+
+
+def finished_outcomes(study: optuna.Study) -> dict[int, str]:
+    """Optuna trial number -> COMPLETE, PRUNED or FAILED for every trial ``study`` has finished, orphans
+    (failed by :meth:`StudySearcher.reconcile_orphans`, their configuration queued again) left out.
+
+    ``num_samples`` minus its length is how many trials a search still has to run.
+    """
+    return {t.number: ROW_STATE_OF_OPTUNA[t.state.name] for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and ORPHANED_ATTR not in t.user_attrs}

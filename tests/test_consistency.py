@@ -116,7 +116,8 @@ def test_check_command_reports_a_consistent_folder_and_changes_nothing(paths: Pa
     before = {p: p.read_bytes() for folder in (paths, tmp_path) for p in folder.rglob("*") if p.is_file()}
     proc = lmsearch_cli("check", str(paths), str(odd / "exp"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout == "".join(f"{folder}: consistent: 6 trials (1 complete, 1 pruned, 4 failed)\n"
+    assert proc.stdout == "".join(f"{folder}: consistent: 6 trials (1 complete, 1 pruned, 4 failed); "
+                                  f"status finished\n"
                                   for folder in (paths, odd / "exp"))
     after = {p: p.read_bytes() for folder in (paths, tmp_path) for p in folder.rglob("*") if p.is_file()}
     assert after == before  # the study is opened read-only: no file changed, none created
@@ -238,7 +239,7 @@ def test_check_command_lists_disagreements_and_refuses_unreadable_folders(paths:
     proc = lmsearch_cli("check", str(paths), str(bad))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == f"{paths}: consistent: 6 trials (1 complete, 1 pruned, 4 failed)"
+    assert lines[0] == f"{paths}: consistent: 6 trials (1 complete, 1 pruned, 4 failed); status finished"
     assert lines[1] == f"{bad}: 1 disagreement between study.db and the tables:"
     assert lines[2].startswith("  - trials.csv trial 1 (id ") and "state is PRUNED but study.db records FAILED" in \
         lines[2]
@@ -349,4 +350,5 @@ def test_driver_killed_then_resumed_with_and_without_ray_state(tmp_path: Path) -
         (d, s) for d in (8, 14) for s in (1, 2, 3)]
     assert len(df) == 7 and len(trials) == 7
     proc = lmsearch_cli("check", str(exp))
-    assert proc.returncode == 0 and proc.stdout == f"{exp}: consistent: 7 trials (6 complete, 0 pruned, 1 failed)\n"
+    assert proc.returncode == 0 and proc.stdout == f"{exp}: consistent: 7 trials (6 complete, 0 pruned, 1 failed); "\
+        f"status finished\n"

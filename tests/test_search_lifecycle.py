@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 import lmsearch
-from lmsearch.consistency import check_experiment
+from lmsearch.consistency import check, check_experiment
 from lmsearch.lock import LOCK_NAME
 
 pytestmark = pytest.mark.slow
@@ -182,11 +182,15 @@ def test_time_budget_draws_no_trial_after_it_and_resume_runs_the_rest(tmp_path: 
     done = lmsearch.load_results(exp)
     assert list(done.number) == [0] and (done.state == "COMPLETE").all()  # the running trial finished
     assert "The time budget (1 s) was spent" in proc.stdout and f"--out {exp} --resume" in proc.stdout
-    assert check_experiment(exp) == []
+    report = check(exp)
+    assert report.disagreements == [] and (report.planned, report.left) == (3, 2)
+    assert report.summary().endswith("; status stopped: 2 of 3 trials left to run")
 
     proc = cli(str(space), "--out", str(exp), "--resume")  # Ray's state would draw no trial: from the study
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ENDED_NOTE in proc.stderr
+    assert "Ray's state ended with the time budget; resuming from the study: 1 trial finished, 2 to run" in \
+        proc.stderr and "no Ray state" not in proc.stderr
     assert status(exp) == "finished"
     done = lmsearch.load_results(exp)
     assert sorted(done.number) == [0, 1, 2] and (done.state == "COMPLETE").all()

@@ -20,7 +20,9 @@ examples:
   lmsearch check results/a results/b
 
 Exit status: 0 when every folder is consistent (one line each: "DIR: consistent:
-N trials (c complete, p pruned, f failed)"); 1 when some disagree (each
+N trials (c complete, p pruned, f failed); status S", where a search that is not
+done adds ": L of P trials left to run", what a --resume would still run); 1 when
+some disagree (each
 disagreement is listed, naming the file, the trial and the field); 2 when a
 folder cannot be read (not an experiment folder, a damaged table, no study)."""
 
