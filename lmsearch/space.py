@@ -625,13 +625,19 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
                                                      "time_budget"))
     sampler = r.choice(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)
     pruner, pruner_notes = _parse_pruner(r, search.get("pruner", "none"), saved)
-    for key in ("min_epochs", "warmup_epochs"):
-        if pruner.get(key, 0) >= epochs:  # the pruner's first decision would be at the end of every trial
-            message = (f"{pruner[key]} is not below budget.epochs ({epochs}), so the pruner would never stop a "
-                       f"trial")
-            if not saved:
-                raise r.fail(f"search.pruner.{key}", f"{message}; give at most {epochs - 1}, or pruner: none")
-            # a copy an earlier search saved (and ran with) resumes as it was
+    for key, default in (("min_epochs", 1), ("warmup_epochs", 0)):
+        value = pruner.get(key, default)
+        first = max(value, 1)  # the epoch of the pruner's first decision (epochs count from 1)
+        if key not in PRUNER_OPTIONS[pruner["name"]] or first < epochs:
+            continue
+        message = (f"{value} puts the pruner's first decision at epoch {first}, and budget.epochs is {epochs}: it "
+                   f"would never stop a trial")
+        if key not in pruner:  # the pruner's default: a quick try with few epochs still runs, told why
+            pruner_notes = (*pruner_notes, f"search.pruner.{key} (default) {message}")
+        elif not saved:
+            fix = f"give at most {epochs - 1}" if epochs > 1 else "a pruner needs budget.epochs >= 2"
+            raise r.fail(f"search.pruner.{key}", f"{message}; {fix}, or pruner: none")
+        else:  # a copy an earlier search saved (and ran with) resumes as it was
             pruner_notes = (*pruner_notes, f"search.pruner.{key}: {message}")
     seed = r.number(search.get("seed", 0), "search.seed", integer=True, low=0, high=MAX_SEARCH_SEED)
     max_concurrent = search.get("max_concurrent")

@@ -244,12 +244,32 @@ def test_an_option_of_another_pruner_is_refused(tmp_path: Path) -> None:
                               "left out",)
     # a first rung at the last epoch: refused in a new space, a note in a saved copy that already ran
     (tmp_path / "late.yaml").write_text(text.replace("min_epochs: 1", "min_epochs: 6"))
-    with pytest.raises(Exception, match=r"search\.pruner\.min_epochs: 6 is not below budget\.epochs \(6\)"):
+    with pytest.raises(Exception, match=r"search\.pruner\.min_epochs: 6 puts the pruner's first decision at epoch 6, "
+                                        r"and budget\.epochs is 6: it would never stop a trial; give at "
+                                        r"most 5, or pruner: none"):
         load_space(tmp_path / "late.yaml", check_data_dir=False)
     late = load_space(tmp_path / "late.yaml", check_data_dir=False, saved=True)
     assert late.pruner["min_epochs"] == 6
-    assert late.notes[-1] == ("search.pruner.min_epochs: 6 is not below budget.epochs (6), so the pruner would never "
-                              "stop a trial")
+    assert late.notes[-1] == ("search.pruner.min_epochs: 6 puts the pruner's first decision at epoch 6, and "
+                              "budget.epochs is 6: it would never stop a trial")
+    # the pruner's own default at the last epoch (budget.epochs 1): the space loads, with a note saying why
+    # nothing will be pruned; an option of another pruner is not judged (median has no min_epochs)
+    (tmp_path / "one.yaml").write_text(text.replace(", min_epochs: 1", "").replace("epochs: 6", "epochs: 1"))
+    one = load_space(tmp_path / "one.yaml", check_data_dir=False)
+    assert "min_epochs" not in one.pruner and one.epochs == 1
+    assert one.notes[-1] == ("search.pruner.min_epochs (default) 1 puts the pruner's first decision at epoch 1, and "
+                             "budget.epochs is 1: it would never stop a trial")
+    (tmp_path / "median1.yaml").write_text(
+        bad.replace("name: successive_halving, eta: 3, min_epochs: 1, protect_schemes: true", "name: median")
+        .replace("epochs: 6", "epochs: 1"))
+    assert load_space(tmp_path / "median1.yaml", check_data_dir=False).notes == (
+        "search.pruner.warmup_epochs (default) 0 puts the pruner's first decision at epoch 1, and "
+        "budget.epochs is 1: it would never stop a trial",)
+    (tmp_path / "median0.yaml").write_text((tmp_path / "median1.yaml").read_text().replace(
+        "name: median", "name: median, warmup_epochs: 0"))
+    with pytest.raises(Exception, match=r"search\.pruner\.warmup_epochs: 0 puts the pruner's first decision at "
+                                        r"epoch 1, .* a pruner needs budget\.epochs >= 2, or pruner: none"):
+        load_space(tmp_path / "median0.yaml", check_data_dir=False)
     # the option is named before its value is judged
     (tmp_path / "eta.yaml").write_text(bad.replace("name: successive_halving, eta: 3, min_epochs: 1, protect_schemes: "
                                                    "true", "name: median, eta: 1"))
