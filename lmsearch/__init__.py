@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "load_architecture": "lmsearch.archfile",
     "lm_coefficients": "lmsearch.analysis",
     "experiment_lm_coefficients": "lmsearch.analysis",
+    "lm_coefficients_by_depth": "lmsearch.analysis",
     "compression_table": "lmsearch.analysis",
     "interpolated_compression": "lmsearch.analysis",
     "compression_verdict": "lmsearch.analysis",

@@ -28,6 +28,7 @@ accuracy-vs-log(params) curve, with a bootstrap interval over seeds, and
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -37,7 +38,8 @@ import pandas as pd
 
 from lmsearch.states import COMPLETE
 
-__all__ = ["lm_coefficients", "lm_steps", "experiment_lm_coefficients", "compression_table", "monotonicity",
+__all__ = ["lm_coefficients", "lm_steps", "experiment_lm_coefficients", "lm_coefficients_by_depth",
+           "compression_table", "monotonicity",
            "family_of", "matched_params", "interpolated_compression", "compression_verdict"]
 
 
@@ -152,7 +154,8 @@ def experiment_lm_coefficients(exp_dir: Any, states: tuple[str, ...] = (COMPLETE
 
     trials = load_results(exp_dir)
     lm = trials[(trials["scheme"] == "lm") & trials["state"].isin(states)]
-    keep = [c for c in ("trial_id", "number", "depth", "width", "noise", "seed", "test_acc") if c in lm.columns]
+    keep = [c for c in ("trial_id", "number", "depth", "width", "noise", "seed", "test_acc", "lm_k_init")
+            if c in lm.columns]
     frames, missing = [], []
     for row in lm.itertuples(index=False):
         weights = find_trial_weights(exp_dir, row.trial_id)
@@ -166,6 +169,57 @@ def experiment_lm_coefficients(exp_dir: Any, states: tuple[str, ...] = (COMPLETE
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=keep + _COEFFICIENT_COLUMNS)
     out.attrs["missing"] = missing
     return out
+
+
+_BY_DEPTH_COLUMNS = ["family", "depth", "width", "trials", "steps", "k_mean", "k_sem", "k_min", "k_max", "outside_init",
+                     "first_order", "second_order"]
+
+
+def lm_coefficients_by_depth(coefficients: pd.DataFrame) -> pd.DataFrame:
+    """The learned k_n of :func:`experiment_lm_coefficients` summed up per LM net (family, depth, width), over seeds.
+
+    Columns: ``family`` (``lm``, or ``lm+<noise>``), ``depth``, ``width`` (NaN without that column), ``trials``, ``steps`` (k_n rows:
+    LM steps x trials), ``k_mean`` (over all of them), ``k_sem`` (standard error over trials of
+    each trial's mean k_n; NaN for one trial), ``k_min``, ``k_max``, ``outside_init`` (k_n rows
+    that left their initial range ``lm_k_init``; NaN without that column), and the
+    modified-equation coefficients of ``k_mean``: ``first_order`` = 1 + k, ``second_order`` = (1 - k) / 2.
+
+    Example:
+        >>> k = pd.DataFrame({"trial_id": ["a", "a", "b", "b"], "depth": 20, "noise": "none",
+        ...                   "lm_k_init": "[-0.1, 0.0]", "k": [-0.05, 0.3, 0.1, -0.2]})
+        >>> row = lm_coefficients_by_depth(k).iloc[0].to_dict()
+        >>> [row["trials"], row["outside_init"]], [round(float(row[c]), 4) for c in ("k_mean", "first_order")]
+        ([2, 3], [0.0375, 1.0375])
+    """
+    if not len(coefficients):
+        return pd.DataFrame(columns=_BY_DEPTH_COLUMNS)
+    data = coefficients.copy()
+    noise = data["noise"] if "noise" in data.columns else pd.Series([None] * len(data), index=data.index)
+    data["family"] = [family_of("lm", n) for n in noise.astype(object)]
+    data["k"] = data["k"].astype(float)
+    if "width" not in data.columns:
+        data["width"] = math.nan
+    if "lm_k_init" in data.columns:
+        bounds = [json.loads(v) if isinstance(v, str) and v.strip() else [math.nan, math.nan]
+                  for v in data["lm_k_init"].astype(object)]
+        low, high = np.array([b[0] for b in bounds], dtype=float), np.array([b[1] for b in bounds], dtype=float)
+        known = ~(np.isnan(low) | np.isnan(high))
+        data["_out"] = np.where(known, (data["k"].to_numpy() < low) | (data["k"].to_numpy() > high), np.nan)
+    else:
+        data["_out"] = np.nan
+    rows = []
+    for (family, depth, width), group in data.groupby(["family", "depth", "width"], sort=True, dropna=False):
+        per_trial = group.groupby("trial_id")["k"].mean()
+        mean = float(group["k"].mean())
+        out = group["_out"]
+        rows.append({
+            "family": family, "depth": depth, "width": width, "trials": len(per_trial), "steps": len(group), "k_mean": mean,
+            "k_sem": float(per_trial.std(ddof=1) / math.sqrt(len(per_trial))) if len(per_trial) > 1 else math.nan,
+            "k_min": float(group["k"].min()), "k_max": float(group["k"].max()),
+            "outside_init": int(out.sum()) if out.notna().all() else math.nan,
+            "first_order": 1.0 + mean, "second_order": (1.0 - mean) / 2.0,
+        })
+    return pd.DataFrame(rows, columns=_BY_DEPTH_COLUMNS)
 
 
 # =========================================================================== compression

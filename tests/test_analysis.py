@@ -15,6 +15,7 @@ from lmsearch.analysis import (
     family_of,
     interpolated_compression,
     lm_coefficients,
+    lm_coefficients_by_depth,
     matched_params,
     monotonicity,
 )
@@ -154,6 +155,31 @@ def test_lm_coefficients_of_a_real_lm_net() -> None:
     assert len(lm_coefficients(build_model(spec.replace(scheme="euler")))) == 0
     per_channel = lm_coefficients(build_model(spec.replace(lm_k="channel")))
     assert len(per_channel) == len(c) and (per_channel["n_k"] > 1).all()
+
+
+def test_lm_coefficients_by_depth_sums_up_each_net_over_its_seeds() -> None:
+    init = "[-0.1, 0.0]"
+    k = pd.DataFrame([
+        # trial, depth, width, noise, k_n (two LM steps each)
+        *[("a", 20, 8, "none", v) for v in (-0.05, 0.30)],
+        *[("b", 20, 8, "none", v) for v in (0.10, -0.20)],
+        *[("c", 20, 8, "stochastic_depth", v) for v in (-0.10, 0.00)],  # the init's ends are inside it
+        *[("d", 20, 4, "none", v) for v in (0.50, 0.70)],                # another width: another net
+    ], columns=["trial_id", "depth", "width", "noise", "k"]).assign(lm_k_init=init)
+    out = lm_coefficients_by_depth(k).set_index(["family", "width"])
+    assert list(out.index) == [("lm", 4), ("lm", 8), ("lm+stochastic_depth", 8)]
+    lm = out.loc[("lm", 8)]
+    assert (lm.trials, lm.steps, lm.outside_init) == (2, 4, 3)
+    assert lm.k_mean == pytest.approx(0.0375) and (lm.k_min, lm.k_max) == (-0.20, 0.30)
+    # trial means 0.125 and -0.05: sample std 0.175 / sqrt(2), over sqrt(2) trials
+    assert lm.k_sem == pytest.approx(0.0875)
+    assert (lm.first_order, lm.second_order) == (pytest.approx(1.0375), pytest.approx(0.48125))
+    sd = out.loc[("lm+stochastic_depth", 8)]
+    assert sd.outside_init == 0 and math.isnan(sd.k_sem) and sd.k_mean == pytest.approx(-0.05)
+    assert out.loc[("lm", 4)].k_mean == pytest.approx(0.6)
+    # without the init range, nothing is claimed about leaving it
+    assert lm_coefficients_by_depth(k.drop(columns="lm_k_init"))["outside_init"].isna().all()
+    assert list(lm_coefficients_by_depth(k.iloc[0:0]).columns) == list(lm_coefficients_by_depth(k).columns)
 
 
 # ---------------------------------------------------------------- interpolated compression

@@ -122,6 +122,38 @@ def test_pareto_cli_writes_compression_table_and_plot(tmp_path: Path) -> None:
     _assert_png(png)
 
 
+def test_pareto_cli_compression_reports_the_learned_k_n_of_the_lm_nets(tmp_path: Path) -> None:
+    from lmsearch.analysis import experiment_lm_coefficients, lm_steps
+    from lmsearch.archfile import save_architecture
+    from lmsearch.nn.network import build_model
+
+    exp = _experiment(tmp_path)
+    df = load_results(exp)
+    lm = df[(df.scheme == "lm") & (df.state == "COMPLETE") & (df.depth < 44)]  # lm-44 has no weights on disk
+    for row in lm.itertuples():
+        net = build_model(ArchSpec(scheme="lm", depth=int(row.depth), width=8, in_channels=1))
+        with torch.no_grad():
+            for _, step in lm_steps(net):
+                step.k.fill_(0.1 * (row.seed + 1))  # seeds 0, 1, 2: k_n = 0.1, 0.2, 0.3 at every step
+        save_architecture(net, None, exp / "weights" / row.trial_id)
+    csv = tmp_path / "k.csv"
+    proc = _lmsearch("pareto", str(exp), "--coefficients-csv", str(csv))
+    assert proc.returncode == 0, proc.stderr
+    block = proc.stdout.split("Learned k_n of the LM nets")[1]
+    assert "weights on disk for 6 of 9 complete LM trials" in block
+    rows = {line.split()[1]: line.split() for line in block.splitlines() if line.strip().startswith("lm ")}
+    # mean 0.2 over the seeds' 0.1, 0.2, 0.3 (sem 0.1 / sqrt 3); all 3 x 2 x 3 (lm-20) steps left U(-0.1, 0)
+    assert rows["20"] == ["lm", "20", "8", "3", "+0.200", "+-", "0.058", "[+0.100,", "+0.300]", "18", "of", "18",
+                          "1.200", "0.400"]
+    assert rows["32"][3:5] == ["3", "+0.200"] and rows["32"][9:12] == ["36", "of", "36"]
+    written = pd.read_csv(csv)
+    expected = experiment_lm_coefficients(exp)
+    assert written.trial_id.tolist() == expected.trial_id.tolist() and len(written) == 3 * 6 + 3 * 12
+    np.testing.assert_allclose(written.k, expected.k)
+    clash = _lmsearch("pareto", str(exp), "--coefficients-csv", str(csv), "--compression-csv", str(csv))
+    assert clash.returncode == 2 and "collide" in clash.stderr
+
+
 def test_pareto_cli_several_experiments_and_objectives(tmp_path: Path) -> None:
     a, b = _experiment(tmp_path, "a"), _experiment(tmp_path, "b")
     proc = _lmsearch("pareto", str(a), str(b), "--objectives", "test_acc:max", "params:min")

@@ -19,8 +19,15 @@ examples:
   lmsearch pareto results/demo
   lmsearch pareto results/demo --by scheme --plot front.png
   lmsearch pareto results/a results/b --objectives val_acc:max flops:min
-  lmsearch pareto results/compression-fashion-mnist/cpu --compression \
-      --compression-plot compression.png --compression-csv compression.csv"""
+  lmsearch pareto results/compression-fashion-mnist/cpu --compression \\
+      --compression-plot compression.png --compression-csv compression.csv
+  lmsearch pareto results/compression-paper-w8/grid60 --compression --coefficients-csv k.csv
+
+--compression prints the compression table, each LM net placed on ResNet's
+accuracy-vs-log(params) curve (compression with a 95% bootstrap interval over
+seeds, and the verdict), and the learned k_n of the LM nets whose weights are
+in the folder (weights/<trial_id>/), read as the modified equation
+(1 + k_n) u' + (1 - k_n)/2 u'' = f(u)."""
 
 _ACCURACIES = ("test_acc", "val_acc")  # --metric: the compression analysis reads error = 1 - accuracy
 
@@ -43,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "here; implies --compression")
     parser.add_argument("--compression-csv", metavar="FILE",
                         help="write the compression table (CSV) here; implies --compression")
+    parser.add_argument("--coefficients-csv", metavar="FILE",
+                        help="write the learned k_n of every complete LM trial with weights on disk (one row per "
+                             "trial and LM step, lmsearch.experiment_lm_coefficients) here; implies --compression")
     parser.add_argument("--metric", default="test_acc", choices=_ACCURACIES,
                         help="accuracy column for --compression (default test_acc)")
 
@@ -56,11 +66,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from lmsearch.results import check_output_file
 
     outputs = [(option, value) for option, value in (("--plot", args.plot), ("--compression-csv", args.compression_csv),
-                                                     ("--compression-plot", args.compression_plot))
+                                                     ("--compression-plot", args.compression_plot),
+                                                     ("--coefficients-csv", args.coefficients_csv))
                if value is not None]
     for option, value in outputs:
         target = check_output_file(value, option)  # never written over an experiment
-        if option != "--compression-csv":
+        if not option.endswith("-csv"):
             from lmsearch.plots import plot_format
 
             try:
@@ -194,6 +205,43 @@ def _fmt_interpolated(table: pd.DataFrame, verdict: str, metric: str) -> str:
     return "\n".join(lines)
 
 
+def _fmt_coefficients(by_depth: pd.DataFrame, found: int, missing: int) -> str:
+    """The learned k_n per LM net, read as the modified equation's coefficients."""
+    lines = [f"Learned k_n of the LM nets, over seeds (modified equation (1 + k_n) u' + (1 - k_n)/2 u'' = f(u); "
+             f"weights on disk for {found} of {found + missing} complete LM trials):"]
+    if not len(by_depth):
+        return lines[0] + "\n  (no LM weights to read)"
+    view = pd.DataFrame({
+        "family": by_depth["family"], "depth": by_depth["depth"],
+        "width": ["" if pd.isna(w) else int(w) for w in by_depth["width"]], "trials": by_depth["trials"],
+        "k_n mean +- sem": [f"{k:+.3f}" + ("" if pd.isna(e) else f" +- {e:.3f}")
+                            for k, e in zip(by_depth["k_mean"], by_depth["k_sem"], strict=True)],
+        "k_n range": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(by_depth["k_min"], by_depth["k_max"], strict=True)],
+        "left init range": ["?" if pd.isna(o) else f"{int(o)} of {n}"
+                            for o, n in zip(by_depth["outside_init"], by_depth["steps"], strict=True)],
+        "1 + k_n": [f"{v:.3f}" for v in by_depth["first_order"]],
+        "(1 - k_n)/2": [f"{v:.3f}" for v in by_depth["second_order"]],
+    })
+    lines.append(view.to_string(index=False))
+    return "\n".join(lines)
+
+
+def _lm_coefficients(dirs: list[str]) -> pd.DataFrame:
+    """experiment_lm_coefficients of every folder (an ``experiment`` column when there are several)."""
+    from lmsearch.analysis import experiment_lm_coefficients
+
+    frames, missing = [], []
+    for folder in dirs:
+        k = experiment_lm_coefficients(folder)
+        missing += k.attrs["missing"]
+        if len(dirs) > 1:
+            k.insert(0, "experiment", Path(folder).name)
+        frames.append(k)
+    out = pd.concat(frames, ignore_index=True) if any(len(f) for f in frames) else frames[0].iloc[0:0]
+    out.attrs["missing"] = missing
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from lmsearch.pareto import DEFAULT_OBJECTIVES, front_table, normalize_objectives, objective_matrix, pareto_front
     from lmsearch.results import ExperimentFolderError, load_results
@@ -226,8 +274,14 @@ def run(args: argparse.Namespace) -> int:
             with _writing("--plot", args.plot):
                 path = plot_pareto(table, args.plot, objectives=objectives, by=args.by or "scheme")
             print(f"\nplot written to {path}")
-        if args.compression or args.compression_plot or args.compression_csv:
-            from lmsearch.analysis import compression_table, compression_verdict, interpolated_compression, monotonicity
+        if args.compression or args.compression_plot or args.compression_csv or args.coefficients_csv:
+            from lmsearch.analysis import (
+                compression_table,
+                compression_verdict,
+                interpolated_compression,
+                lm_coefficients_by_depth,
+                monotonicity,
+            )
 
             table = compression_table(df, metric=args.metric)
             print(f"\nCompression table ({args.metric}, complete trials):")
@@ -235,6 +289,15 @@ def run(args: argparse.Namespace) -> int:
             placed = interpolated_compression(df, metric=args.metric)
             print()
             print(_fmt_interpolated(placed, compression_verdict(placed), args.metric))
+            coefficients = _lm_coefficients(args.dirs)
+            print()
+            print(_fmt_coefficients(lm_coefficients_by_depth(coefficients), coefficients["trial_id"].nunique(),
+                                    len(coefficients.attrs["missing"])))
+            if args.coefficients_csv:
+                with _writing("--coefficients-csv", args.coefficients_csv):
+                    Path(args.coefficients_csv).parent.mkdir(parents=True, exist_ok=True)
+                    coefficients.to_csv(args.coefficients_csv, index=False)
+                print(f"\nlearned k_n written to {args.coefficients_csv}")
             if args.compression_csv:
                 with _writing("--compression-csv", args.compression_csv):
                     Path(args.compression_csv).parent.mkdir(parents=True, exist_ok=True)
