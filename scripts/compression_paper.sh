@@ -35,3 +35,13 @@ run() {
 run search_spaces/compression_paper_w8_convergence.yaml "$OUT/convergence"
 run search_spaces/compression_paper_w8_60ep.yaml "$OUT/grid60"
 run search_spaces/compression_paper_w8_convergence_120.yaml "$OUT/convergence120"
+
+# The analysis plan's steps 2-7 (results README), once the grid has finished: the verdict with its
+# interval, the tables, the plot and the learned k_n, written beside the runs.
+if [ "$(status "$OUT/grid60")" = finished ]; then
+    mkdir -p "$OUT/analysis"
+    $LMSEARCH pareto "$OUT/grid60" --compression --compression-plot "$OUT/analysis/compression.png" \
+        --compression-csv "$OUT/analysis/compression.csv" --coefficients-csv "$OUT/analysis/k_n.csv" \
+        > "$OUT/analysis/analysis.txt"
+    echo "[compression] analysis written to $OUT/analysis/ ($(date -u +%FT%TZ))"
+fi
