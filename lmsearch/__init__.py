@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "lm_coefficients": "lmsearch.analysis",
     "experiment_lm_coefficients": "lmsearch.analysis",
     "lm_coefficients_by_depth": "lmsearch.analysis",
+    "power_check": "lmsearch.analysis",
     "compression_table": "lmsearch.analysis",
     "interpolated_compression": "lmsearch.analysis",
     "compression_verdict": "lmsearch.analysis",

@@ -39,7 +39,7 @@ import pandas as pd
 from lmsearch.states import COMPLETE
 
 __all__ = ["lm_coefficients", "lm_steps", "experiment_lm_coefficients", "lm_coefficients_by_depth",
-           "compression_table", "monotonicity",
+           "compression_table", "monotonicity", "power_check",
            "family_of", "matched_params", "interpolated_compression", "compression_verdict"]
 
 
@@ -371,6 +371,41 @@ def monotonicity(
     columns = ["depth_from", "depth_to", "acc_from", "acc_to", "gain", "spread", "rises"]
     return pd.DataFrame(out, columns=columns).astype({"rises": bool})
 
+
+def power_check(table: pd.DataFrame, baseline: str = "euler", fraction: float = 1 / 3) -> pd.DataFrame:
+    """Are there seeds enough? Every net's standard error against ``fraction`` of the baseline's gain.
+
+    ``table`` is a :func:`compression_table`. The baseline's gain is the mean accuracy of its
+    largest net (by params) minus that of its smallest; the limit is ``fraction`` x gain. One row
+    per net (every family): ``family``, ``depth``, ``params``, ``n``, ``acc_std``, ``acc_sem``,
+    ``limit``, ``powered`` (acc_sem <= limit; False for one seed, whose error is unknown, and for
+    every net when the gain is not positive: then no seed count can resolve the comparison) and
+    ``seeds_needed`` = ceil((acc_std / limit)^2), at least 2 and at least n (NaN when unknown).
+    ``attrs["gain"]`` and ``attrs["limit"]`` hold the two numbers.
+
+    Example:
+        >>> t = pd.DataFrame({"family": ["euler", "euler", "lm"], "depth": [20, 56, 20], "params": [1, 4, 1],
+        ...                   "n": [3, 3, 3], "acc_mean": [0.90, 0.93, 0.92], "acc_std": [0.003, 0.003, 0.03]})
+        >>> t["acc_sem"] = t["acc_std"] / np.sqrt(t["n"])
+        >>> power_check(t)[["family", "powered", "seeds_needed"]].values.tolist()
+        [['euler', True, 3], ['euler', True, 3], ['lm', False, 9]]
+    """
+    columns = ["family", "depth", "params", "n", "acc_std", "acc_sem", "limit", "powered", "seeds_needed"]
+    base = table[table["family"].astype(object) == baseline].sort_values("params", kind="stable")
+    gain = float(base["acc_mean"].iloc[-1] - base["acc_mean"].iloc[0]) if len(base) > 1 else math.nan
+    limit = fraction * gain if gain > 0 else math.nan
+    rows = []
+    for row in table.itertuples(index=False):
+        known = not (pd.isna(row.acc_std) or pd.isna(limit))
+        rows.append({
+            "family": row.family, "depth": row.depth, "params": row.params, "n": int(row.n),
+            "acc_std": row.acc_std, "acc_sem": row.acc_sem, "limit": limit,
+            "powered": bool(known and row.acc_sem <= limit),
+            "seeds_needed": max(2, int(row.n), math.ceil((row.acc_std / limit) ** 2 - 1e-9)) if known else math.nan,
+        })
+    out = pd.DataFrame(rows, columns=columns)
+    out.attrs.update(gain=gain, limit=limit)
+    return out
 
 
 # =========================================================================== interpolated compression

@@ -18,6 +18,7 @@ from lmsearch.analysis import (
     lm_coefficients_by_depth,
     matched_params,
     monotonicity,
+    power_check,
 )
 
 
@@ -180,6 +181,28 @@ def test_lm_coefficients_by_depth_sums_up_each_net_over_its_seeds() -> None:
     # without the init range, nothing is claimed about leaving it
     assert lm_coefficients_by_depth(k.drop(columns="lm_k_init"))["outside_init"].isna().all()
     assert list(lm_coefficients_by_depth(k.iloc[0:0]).columns) == list(lm_coefficients_by_depth(k).columns)
+
+
+def test_power_check_holds_each_standard_error_to_a_third_of_resnets_gain() -> None:
+    def table(rows: list[tuple[str, int, int, list[float]]]) -> pd.DataFrame:
+        return compression_table(pd.DataFrame(
+            [{"scheme": f, "depth": d, "params": p, "test_acc": a, "state": "COMPLETE"}
+             for f, d, p, accs in rows for a in accs]))
+
+    grid = table([("euler", 20, 100, [0.900, 0.902, 0.904]), ("euler", 56, 300, [0.930, 0.932, 0.934]),
+                  ("lm", 20, 101, [0.90, 0.93, 0.96]), ("lm", 32, 160, [0.92])])
+    power = power_check(grid).set_index(["family", "depth"])
+    assert power.attrs["gain"] == pytest.approx(0.03) and power.attrs["limit"] == pytest.approx(0.01)
+    # ResNet: std 0.002, sem 0.00115 <= 0.01, and (0.002 / 0.01)^2 < 3 seeds already there
+    assert power.loc[("euler", 20), "powered"] and power.loc[("euler", 20), "seeds_needed"] == 3
+    # lm-20: std 0.03, sem 0.0173 > 0.01; (0.03 / 0.01)^2 = 9 seeds would bring it to 0.01
+    assert not power.loc[("lm", 20), "powered"] and power.loc[("lm", 20), "seeds_needed"] == 9
+    # one seed: its error is unknown, so it is not powered and no count can be said
+    assert not power.loc[("lm", 32), "powered"] and math.isnan(power.loc[("lm", 32), "seeds_needed"])
+    # ResNet that does not gain with size: nothing is powered, whatever the seeds
+    flat = power_check(table([("euler", 20, 100, [0.93, 0.931]), ("euler", 56, 300, [0.929, 0.930])]))
+    assert math.isnan(flat.attrs["limit"]) and not flat["powered"].any() and flat["seeds_needed"].isna().all()
+    assert math.isnan(power_check(table([("euler", 20, 100, [0.9, 0.91])])).attrs["gain"])
 
 
 # ---------------------------------------------------------------- interpolated compression

@@ -100,12 +100,28 @@ def test_pareto_cli_by_scheme_and_compression(tmp_path: Path) -> None:
     assert "scheme = euler" in proc.stdout and "scheme = lm" in proc.stdout
     assert "Compression table" in proc.stdout and "ratio lm" in proc.stdout
     assert "monotone: yes" in proc.stdout
+    # ResNet gains 0.845 - 0.821 = 2.4 points from depth 20 to 44: the limit is 0.8; the seeds' sem is 0.058
+    assert "smallest to its largest net: +2.40 points, limit 0.800):" in proc.stdout
+    power = proc.stdout.split("Power (")[1].split("powered:")[0]
+    assert power.count(" 0.058     yes") == 6 and "  powered: yes" in proc.stdout
     # every LM net placed on ResNet's curve, with its interval and the verdict
     placed = proc.stdout.split("LM nets on ResNet's")[1]
     lines = {line.split()[1]: line for line in placed.splitlines() if line.strip().startswith("lm ")}
     assert set(lines) == {"20", "32", "44"}
     assert ">=" in lines["44"] and ">=" not in lines["20"]  # lm-44 beats the deepest ResNet: a bound
     assert "verdict: " in placed
+
+
+def test_pareto_cli_power_names_the_nets_that_need_seeds(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path)
+    df = load_results(exp).drop(columns="experiment")
+    noisy = (df.scheme == "lm") & (df.depth == 32)
+    df.loc[noisy, "test_acc"] = [0.818, 0.848, 0.878]  # the same mean, std 0.03: sem 0.017 > limit 0.008
+    write_trials_table(exp, df)
+    proc = _lmsearch("pareto", str(exp), "--compression")
+    assert proc.returncode == 0, proc.stderr
+    # (0.03 / 0.008)^2 = 14.06: 15 seeds
+    assert "  powered: NO - add seeds to lm-32 (15)" in proc.stdout
 
 
 def test_pareto_cli_writes_compression_table_and_plot(tmp_path: Path) -> None:

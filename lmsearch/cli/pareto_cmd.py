@@ -23,7 +23,9 @@ examples:
       --compression-plot compression.png --compression-csv compression.csv
   lmsearch pareto results/compression-paper-w8/grid60 --compression --coefficients-csv k.csv
 
---compression prints the compression table, each LM net placed on ResNet's
+--compression prints the compression table, the seeds' power (each net's
+standard error against 1/3 of ResNet's gain, and the seeds a net still needs),
+each LM net placed on ResNet's
 accuracy-vs-log(params) curve (compression with a 95% bootstrap interval over
 seeds, and the verdict), and the learned k_n of the LM nets whose weights are
 in the folder (weights/<trial_id>/), read as the modified equation
@@ -181,6 +183,28 @@ def _fmt_compression(table: pd.DataFrame, monotone: pd.DataFrame, metric: str) -
     return "\n".join(lines)
 
 
+def _fmt_power(power: pd.DataFrame) -> str:
+    """Plan step 'power': each net's standard error against a third of ResNet's gain, and the seeds to add."""
+    gain, limit = power.attrs["gain"], power.attrs["limit"]
+    head = "Power (each mean's standard error must be <= 1/3 of ResNet's gain from its smallest to its largest net"
+    if pd.isna(gain):
+        return f"{head}):\n  (needs ResNet at two sizes)"
+    if pd.isna(limit):
+        return (f"{head}):\n  ResNet gains {100 * gain:+.2f} points from its smallest to its largest net: no seed "
+                f"count can power the comparison")
+    view = pd.DataFrame({
+        "family": power["family"], "depth": power["depth"], "n": power["n"],
+        "sem (points)": ["?" if pd.isna(e) else f"{100 * e:.3f}" for e in power["acc_sem"]],
+        "powered": ["yes" if p else "NO" for p in power["powered"]],
+        "seeds needed": ["" if pd.isna(k) else int(k) for k in power["seeds_needed"]],
+    })
+    short = [f"{r.family}-{r.depth} ({'?' if pd.isna(r.seeds_needed) else int(r.seeds_needed)})"
+             for r in power.itertuples(index=False) if not r.powered]
+    verdict = "yes" if not short else f"NO - add seeds to {', '.join(short)}"
+    return "\n".join([f"{head}: {100 * gain:+.2f} points, limit {100 * limit:.3f}):", view.to_string(index=False),
+                      f"  powered: {verdict}"])
+
+
 def _fmt_interpolated(table: pd.DataFrame, verdict: str, metric: str) -> str:
     """The LM nets on ResNet's curve: matched params, compression and its interval, then the verdict."""
     lines = [f"LM nets on ResNet's {metric}-vs-log(params) curve (95% bootstrap interval over seeds):"]
@@ -281,11 +305,15 @@ def run(args: argparse.Namespace) -> int:
                 interpolated_compression,
                 lm_coefficients_by_depth,
                 monotonicity,
+                power_check,
             )
 
             table = compression_table(df, metric=args.metric)
             print(f"\nCompression table ({args.metric}, complete trials):")
             print(_fmt_compression(table, monotonicity(table), args.metric) if len(table) else "  (no data)")
+            if len(table):
+                print()
+                print(_fmt_power(power_check(table)))
             placed = interpolated_compression(df, metric=args.metric)
             print()
             print(_fmt_interpolated(placed, compression_verdict(placed), args.metric))
