@@ -141,7 +141,9 @@ def experiment_lm_coefficients(exp_dir: Any, states: tuple[str, ...] = (COMPLETE
     coefficient columns. Weights are looked up as ``lmsearch export`` does
     (``exp_dir/weights/<id>/`` or the trial's last Ray checkpoint); trials
     without weights on disk (e.g. a committed experiment without its ``ray/``)
-    are left out and listed in ``df.attrs["missing"]``.
+    are left out and listed in ``df.attrs["missing"]``, and trials whose weights cannot be read
+    (damaged, a Git LFS pointer) in ``df.attrs["unreadable"]`` (trial id -> why); ``df.attrs["read"]``
+    lists the trials read (an LM net with one step per stage has none to show).
 
     Example (a committed experiment has no weights, only its tables):
         >>> k = experiment_lm_coefficients("results/compression-fashion-mnist/cpu")
@@ -154,35 +156,54 @@ def experiment_lm_coefficients(exp_dir: Any, states: tuple[str, ...] = (COMPLETE
 
     trials = load_results(exp_dir)
     lm = trials[(trials["scheme"] == "lm") & trials["state"].isin(states)]
-    keep = [c for c in ("trial_id", "number", "depth", "width", "noise", "seed", "test_acc", "lm_k_init")
-            if c in lm.columns]
-    frames, missing = [], []
+    keep = [c for c in ("experiment", "trial_id", "number", "depth", "width", "params", "noise", "seed", "test_acc",
+                        "lm_k_init") if c in lm.columns]
+    frames, missing, unreadable, read = [], [], {}, []
     for row in lm.itertuples(index=False):
         weights = find_trial_weights(exp_dir, row.trial_id)
         if weights is None:
             missing.append(row.trial_id)
             continue
-        coefficients = lm_coefficients(load_architecture(weights))
+        try:
+            coefficients = lm_coefficients(load_architecture(weights))
+        except (OSError, ValueError, RuntimeError) as exc:  # one damaged file must not hide the others
+            unreadable[row.trial_id] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            continue
+        read.append(row.trial_id)
         for col in reversed(keep):
             coefficients.insert(0, col, getattr(row, col))
         frames.append(coefficients)
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=keep + _COEFFICIENT_COLUMNS)
-    out.attrs["missing"] = missing
+    out.attrs.update(missing=missing, unreadable=unreadable, read=read)
     return out
 
 
-_BY_DEPTH_COLUMNS = ["family", "depth", "width", "trials", "steps", "k_mean", "k_sem", "k_min", "k_max", "outside_init",
-                     "first_order", "second_order"]
+_BY_DEPTH_COLUMNS = ["family", "depth", "width", "params", "trials", "steps", "k_mean", "k_sem", "k_min", "k_max",
+                     "outside_init", "first_order", "second_order"]
+_INIT_TOLERANCE = 1e-6  # weights are float32: an init bound such as -0.1 is stored a few 1e-9 away from itself
+
+
+def _init_range(text: Any) -> tuple[float, float]:
+    """``lm_k_init`` as written in trials.csv (``"[-0.1, 0.0]"``); (nan, nan) for anything else."""
+    try:
+        low, high = (float(v) for v in json.loads(text))
+    except (TypeError, ValueError):  # not JSON, not a pair, not numbers
+        return math.nan, math.nan
+    return low, high
 
 
 def lm_coefficients_by_depth(coefficients: pd.DataFrame) -> pd.DataFrame:
-    """The learned k_n of :func:`experiment_lm_coefficients` summed up per LM net (family, depth, width), over seeds.
+    """The learned k_n of :func:`experiment_lm_coefficients` summed up per LM net, over its seeds.
 
-    Columns: ``family`` (``lm``, or ``lm+<noise>``), ``depth``, ``width`` (NaN without that column), ``trials``, ``steps`` (k_n rows:
-    LM steps x trials), ``k_mean`` (over all of them), ``k_sem`` (standard error over trials of
-    each trial's mean k_n; NaN for one trial), ``k_min``, ``k_max``, ``outside_init`` (k_n rows
-    that left their initial range ``lm_k_init``; NaN without that column), and the
-    modified-equation coefficients of ``k_mean``: ``first_order`` = 1 + k, ``second_order`` = (1 - k) / 2.
+    A net is a (family, depth, width, params) as in :func:`compression_table` (width and params
+    when the columns are there); a trial is a (experiment, trial_id). Columns: ``family``
+    (``lm``, or ``lm+<noise>``), ``depth``, ``width``, ``params`` (NaN without the column),
+    ``trials``, ``steps`` (k_n rows: LM steps x trials), ``k_mean`` (the mean of the trials'
+    mean k_n), ``k_sem`` (its standard error over the trials; NaN for one trial), ``k_min``,
+    ``k_max`` (over steps and, for per-channel k, channels), ``outside_init`` (steps with a k
+    that left its initial range ``lm_k_init``, within float32 rounding; NaN when a trial's range
+    is unknown), and the modified-equation coefficients of ``k_mean``: ``first_order`` = 1 + k,
+    ``second_order`` = (1 - k) / 2.
 
     Example:
         >>> k = pd.DataFrame({"trial_id": ["a", "a", "b", "b"], "depth": 20, "noise": "none",
@@ -196,26 +217,29 @@ def lm_coefficients_by_depth(coefficients: pd.DataFrame) -> pd.DataFrame:
     data = coefficients.copy()
     noise = data["noise"] if "noise" in data.columns else pd.Series([None] * len(data), index=data.index)
     data["family"] = [family_of("lm", n) for n in noise.astype(object)]
+    for col in ("width", "params", "experiment"):
+        if col not in data.columns:
+            data[col] = math.nan
     data["k"] = data["k"].astype(float)
-    if "width" not in data.columns:
-        data["width"] = math.nan
-    if "lm_k_init" in data.columns:
-        bounds = [json.loads(v) if isinstance(v, str) and v.strip() else [math.nan, math.nan]
-                  for v in data["lm_k_init"].astype(object)]
-        low, high = np.array([b[0] for b in bounds], dtype=float), np.array([b[1] for b in bounds], dtype=float)
-        known = ~(np.isnan(low) | np.isnan(high))
-        data["_out"] = np.where(known, (data["k"].to_numpy() < low) | (data["k"].to_numpy() > high), np.nan)
-    else:
-        data["_out"] = np.nan
+    low_k = data["k_min"].astype(float) if "k_min" in data.columns else data["k"]
+    high_k = data["k_max"].astype(float) if "k_max" in data.columns else data["k"]
+    bounds = ([_init_range(v) for v in data["lm_k_init"]] if "lm_k_init" in data.columns
+              else [(math.nan, math.nan)] * len(data))
+    low = np.array([b[0] for b in bounds], dtype=float)
+    high = np.array([b[1] for b in bounds], dtype=float)
+    left = (low_k.to_numpy() < low - _INIT_TOLERANCE) | (high_k.to_numpy() > high + _INIT_TOLERANCE)
+    data["_out"] = np.where(np.isnan(low) | np.isnan(high), np.nan, left)
+    data["_low"], data["_high"] = low_k, high_k
     rows = []
-    for (family, depth, width), group in data.groupby(["family", "depth", "width"], sort=True, dropna=False):
-        per_trial = group.groupby("trial_id")["k"].mean()
-        mean = float(group["k"].mean())
+    keys = ["family", "depth", "width", "params"]
+    for key, group in data.groupby(keys, sort=True, dropna=False):
+        per_trial = group.groupby(["experiment", "trial_id"], dropna=False)["k"].mean()
+        mean = float(per_trial.mean())
         out = group["_out"]
         rows.append({
-            "family": family, "depth": depth, "width": width, "trials": len(per_trial), "steps": len(group), "k_mean": mean,
+            **dict(zip(keys, key, strict=True)), "trials": len(per_trial), "steps": len(group), "k_mean": mean,
             "k_sem": float(per_trial.std(ddof=1) / math.sqrt(len(per_trial))) if len(per_trial) > 1 else math.nan,
-            "k_min": float(group["k"].min()), "k_max": float(group["k"].max()),
+            "k_min": float(group["_low"].min()), "k_max": float(group["_high"].max()),
             "outside_init": int(out.sum()) if out.notna().all() else math.nan,
             "first_order": 1.0 + mean, "second_order": (1.0 - mean) / 2.0,
         })

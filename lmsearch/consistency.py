@@ -76,7 +76,7 @@ class CheckReport:
     def progress(self) -> str:
         """``status running: 22 of 24 trials left to run``, or just the status once none is left."""
         status = f"status {self.status or 'unknown'}"
-        if self.left and self.planned:
+        if self.left and self.planned and self.status != "finished":
             return f"{status}: {self.left} of {self.planned} trials left to run"
         return status
 

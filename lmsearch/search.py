@@ -40,7 +40,7 @@ from typing import Any
 from lmsearch import results
 from lmsearch.cluster import DEFAULT_NODE_IP, init_ray
 from lmsearch.lock import ExperimentLock
-from lmsearch.space import PRUNERS, SearchSpace, load_space, parse_duration
+from lmsearch.space import PRUNERS, SearchSpace, late_pruner, load_space, parse_duration
 from lmsearch.states import COMPLETE, FAILED, PRUNED, RUNNING
 from lmsearch.trial_checkpoints import CHECKPOINT_DIR
 
@@ -397,6 +397,9 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
     data = _load_data(space)  # before Ray starts: a data error leaves nothing behind
     for note in space.notes:
         print(f"lmsearch: {note}")
+    late = late_pruner(space.pruner, space.epochs)
+    if late is not None and late[0] not in space.pruner:  # a value given in the space was judged by load_space
+        print(f"lmsearch: search.pruner.{late[0]} (the {space.pruner['name']} pruner's default) {late[1]}")
     _check_address(address)
     resume = previous is not None
     created = (previous or {}).get("created") or _dt.datetime.now().isoformat(timespec="seconds")
@@ -419,11 +422,9 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
         from_study = resume and not _ray_state_restores(exp_dir)
         why = f"no Ray state in {exp_dir / RAY_DIR}"
         if from_study and tune_dir.is_dir():
-            print(f"lmsearch: the last sitting's time budget ended Ray's search before every trial was drawn, "
-                  f"so {exp_dir / RAY_DIR} cannot go on with it; it is removed and the search goes on from "
-                  f"the study", file=sys.stderr)
             shutil.rmtree(exp_dir / RAY_DIR)
-            why = "Ray's state ended with the time budget"
+            why = (f"the last sitting's time budget ended Ray's search before every trial was drawn, so "
+                   f"{exp_dir / RAY_DIR} could not go on with it and is removed")
         to_run, earlier = space.num_samples, []
         if not resume or from_study:
             searcher: Any = StudySearcher(space, exp_dir, in_channels=data.info.in_channels,

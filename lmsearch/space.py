@@ -625,20 +625,14 @@ def load_space(path: str | Path, *, name: str | None = None, check_data_dir: boo
                                                      "time_budget"))
     sampler = r.choice(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)
     pruner, pruner_notes = _parse_pruner(r, search.get("pruner", "none"), saved)
-    for key, default in (("min_epochs", 1), ("warmup_epochs", 0)):
-        value = pruner.get(key, default)
-        first = max(value, 1)  # the epoch of the pruner's first decision (epochs count from 1)
-        if key not in PRUNER_OPTIONS[pruner["name"]] or first < epochs:
-            continue
-        message = (f"{value} puts the pruner's first decision at epoch {first}, and budget.epochs is {epochs}: it "
-                   f"would never stop a trial")
-        if key not in pruner:  # the pruner's default: a quick try with few epochs still runs, told why
-            pruner_notes = (*pruner_notes, f"search.pruner.{key} (default) {message}")
-        elif not saved:
+    late = late_pruner(pruner, epochs)
+    if late is not None and late[0] in pruner:  # a default is told by the run, which knows the final pruner
+        key, message = late
+        if not saved:
             fix = f"give at most {epochs - 1}" if epochs > 1 else "a pruner needs budget.epochs >= 2"
             raise r.fail(f"search.pruner.{key}", f"{message}; {fix}, or pruner: none")
-        else:  # a copy an earlier search saved (and ran with) resumes as it was
-            pruner_notes = (*pruner_notes, f"search.pruner.{key}: {message}")
+        # a copy an earlier search saved (and ran with) resumes as it was
+        pruner_notes = (*pruner_notes, f"search.pruner.{key}: {message}")
     seed = r.number(search.get("seed", 0), "search.seed", integer=True, low=0, high=MAX_SEARCH_SEED)
     max_concurrent = search.get("max_concurrent")
     if max_concurrent is not None:
@@ -970,6 +964,20 @@ def parse_duration(value: Any) -> float:
         raise ValueError(f"must be a duration above 0 and at most 366 days: seconds (e.g. 600) or a number with "
                          f"the unit s, m or h (e.g. 90s, 20m, 1.5h); got {value!r}")
     return seconds
+
+
+def late_pruner(pruner: dict[str, Any], epochs: int) -> tuple[str, str] | None:
+    """``(option, why)`` when ``pruner``'s first decision (``min_epochs`` or ``warmup_epochs``, given or
+    its default) falls at or after the last of ``epochs``, so that it would never stop a trial; else None."""
+    for key, default in (("min_epochs", 1), ("warmup_epochs", 0)):
+        if key not in PRUNER_OPTIONS[pruner["name"]]:
+            continue
+        value = pruner.get(key, default)
+        first = max(value, 1)  # the epoch of the pruner's first decision (epochs count from 1)
+        if first >= epochs:
+            return key, (f"{value} puts the pruner's first decision at epoch {first}, and budget.epochs is {epochs}: "
+                         f"it would never stop a trial")
+    return None
 
 
 def _parse_pruner(r: _Reader, value: Any, saved: bool = False) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -34,10 +34,8 @@ run() {
 # stopped with 1 of 24 trials done; the experiment goes on at 60 epochs, then checks 60 vs 120.
 run search_spaces/compression_paper_w8_convergence.yaml "$OUT/convergence"
 run search_spaces/compression_paper_w8_60ep.yaml "$OUT/grid60"
-run search_spaces/compression_paper_w8_convergence_120.yaml "$OUT/convergence120"
-
-# The analysis plan's steps 2-7 (results README), once the grid has finished: the verdict with its
-# interval, the tables, the plot and the learned k_n, written beside the runs.
+# Once the grid has finished, the analysis plan's steps 2-6 and the learned k_n of step 7 (results
+# README): the verdict with its interval, the tables, the plot and the k_n, written beside the runs.
 if [ "$(status "$OUT/grid60")" = finished ]; then
     mkdir -p "$OUT/analysis"
     $LMSEARCH pareto "$OUT/grid60" --compression --compression-plot "$OUT/analysis/compression.png" \
@@ -45,3 +43,5 @@ if [ "$(status "$OUT/grid60")" = finished ]; then
         > "$OUT/analysis/analysis.txt"
     echo "[compression] analysis written to $OUT/analysis/ ($(date -u +%FT%TZ))"
 fi
+run search_spaces/compression_paper_w8_convergence_120.yaml "$OUT/convergence120"
+

@@ -205,6 +205,39 @@ def test_power_check_holds_each_standard_error_to_a_third_of_resnets_gain() -> N
     assert math.isnan(power_check(table([("euler", 20, 100, [0.9, 0.91])])).attrs["gain"])
 
 
+def test_lm_coefficients_by_depth_of_real_nets_per_channel_k_and_odd_init_ranges() -> None:
+    from lmsearch.analysis import lm_steps
+    from lmsearch.arch import ArchSpec
+
+    build_model = _build_model()
+    spec = ArchSpec(scheme="lm", depth=14, width=4, in_channels=1, lm_k="channel")
+
+    def rows(net: torch.nn.Module, trial: str, init: str) -> pd.DataFrame:
+        return lm_coefficients(net).assign(trial_id=trial, depth=14, width=4, lm_k_init=init)
+
+    wide = build_model(spec)
+    with torch.no_grad():
+        for _, step in lm_steps(wide):
+            step.k.copy_(torch.linspace(-0.55, 0.45, step.k.numel()).reshape(step.k.shape))
+    fresh = build_model(spec)  # k_n as initialised: U(-0.1, 0), in float32
+    const = build_model(spec)
+    with torch.no_grad():
+        for _, step in lm_steps(const):
+            step.k.fill_(-0.05)  # float32(-0.05) != -0.05
+    steps = len(lm_coefficients(wide))
+    out = lm_coefficients_by_depth(pd.concat([rows(wide, "w", "[-0.1, 0.0]")])).iloc[0]
+    # the channels' range, not the range of their means (-0.05 at every step); every step left the init
+    assert (out.k_min, out.k_max) == (pytest.approx(-0.55), pytest.approx(0.45))
+    assert out.k_mean == pytest.approx(-0.05) and out.outside_init == steps
+    assert lm_coefficients_by_depth(rows(fresh, "f", "[-0.1, 0.0]")).outside_init.tolist() == [0]
+    assert lm_coefficients_by_depth(rows(const, "c", "[-0.05, -0.05]")).outside_init.tolist() == [0]
+    for odd in ("paper", "(-0.1, 0.0)", "NaN", "0.1", "[0.1]", '"paper"', "", "[1, 2, 3]"):
+        assert math.isnan(lm_coefficients_by_depth(rows(fresh, "f", odd)).outside_init.iloc[0]), odd
+    # one trial of unknown range makes the net's count unknown, not a partial count
+    mixed = lm_coefficients_by_depth(pd.concat([rows(fresh, "f", "[-0.1, 0.0]"), rows(wide, "w", "odd")]))
+    assert len(mixed) == 1 and mixed.trials.iloc[0] == 2 and math.isnan(mixed.outside_init.iloc[0])
+
+
 # ---------------------------------------------------------------- interpolated compression
 def test_matched_params_interpolates_in_log_params_and_takes_the_first_crossing() -> None:
     params, means = np.array([100.0, 400.0, 1600.0]), np.array([0.80, 0.90, 0.88])

@@ -15,19 +15,21 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 
 import lmsearch
 from lmsearch import results
-from lmsearch.consistency import check_experiment
+from lmsearch.consistency import check, check_experiment
 from lmsearch.states import COMPLETE, FAILED, PRUNED, RUNNING
 
 pytestmark = pytest.mark.slow
@@ -121,6 +123,28 @@ def test_check_command_reports_a_consistent_folder_and_changes_nothing(paths: Pa
                                   for folder in (paths, odd / "exp"))
     after = {p: p.read_bytes() for folder in (paths, tmp_path) for p in folder.rglob("*") if p.is_file()}
     assert after == before  # the study is opened read-only: no file changed, none created
+
+
+def test_check_counts_the_trials_a_resume_would_still_run(paths: Path, tmp_path: Path) -> None:
+    exp = _copy(paths, tmp_path)
+    meta = json.loads((exp / "experiment.json").read_text())
+
+    def summary(**changes: Any) -> str:
+        (exp / "experiment.json").write_text(json.dumps({k: v for k, v in {**meta, **changes}.items()
+                                                         if v is not None}))
+        return check(exp).summary()
+
+    # six finished trials (1 complete, 1 pruned, 4 failed: a failed trial is done, not run again)
+    assert summary(status="interrupted", num_samples=10).endswith("; status interrupted: 4 of 10 trials left to run")
+    assert summary(status="stopped", num_samples=6).endswith("; status stopped")  # none left
+    assert summary(status="finished", num_samples=10).endswith("; status finished")
+    assert summary(status="interrupted", num_samples=None).endswith("; status interrupted")
+    # an orphan (failed by a resume, its configuration queued again) will run again: it is not done
+    with sqlite3.connect(exp / "study.db") as db:
+        trial_id = db.execute("SELECT trial_id FROM trials WHERE number = 1").fetchone()[0]
+        db.execute("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (?, ?, ?)",
+                   (trial_id, "orphaned", json.dumps("queued again")))
+    assert summary(status="interrupted", num_samples=10).endswith("; status interrupted: 5 of 10 trials left to run")
 
 
 # ----------------------------------------------------------------------------- the check catches each disagreement

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,18 +158,44 @@ def test_pareto_cli_compression_reports_the_learned_k_n_of_the_lm_nets(tmp_path:
     proc = _lmsearch("pareto", str(exp), "--coefficients-csv", str(csv))
     assert proc.returncode == 0, proc.stderr
     block = proc.stdout.split("Learned k_n of the LM nets")[1]
-    assert "weights on disk for 6 of 9 complete LM trials" in block
+    assert "weights read for 6 of 9 complete LM trials" in block
     rows = {line.split()[1]: line.split() for line in block.splitlines() if line.strip().startswith("lm ")}
     # mean 0.2 over the seeds' 0.1, 0.2, 0.3 (sem 0.1 / sqrt 3); all 3 x 2 x 3 (lm-20) steps left U(-0.1, 0)
-    assert rows["20"] == ["lm", "20", "8", "3", "+0.200", "+-", "0.058", "[+0.100,", "+0.300]", "18", "of", "18",
-                          "1.200", "0.400"]
-    assert rows["32"][3:5] == ["3", "+0.200"] and rows["32"][9:12] == ["36", "of", "36"]
+    assert rows["20"] == ["lm", "20", "8", "10,003", "3", "+0.200", "+-", "0.058", "[+0.100,", "+0.300]", "18", "of",
+                          "18", "1.200", "0.400"]
+    assert rows["32"][4:6] == ["3", "+0.200"] and rows["32"][10:13] == ["36", "of", "36"]
     written = pd.read_csv(csv)
     expected = experiment_lm_coefficients(exp)
     assert written.trial_id.tolist() == expected.trial_id.tolist() and len(written) == 3 * 6 + 3 * 12
     np.testing.assert_allclose(written.k, expected.k)
     clash = _lmsearch("pareto", str(exp), "--coefficients-csv", str(csv), "--compression-csv", str(csv))
     assert clash.returncode == 2 and "collide" in clash.stderr
+
+    # a damaged weights file (here a Git LFS pointer) is named; everything else is still reported and written
+    lfs = exp / "weights" / lm.trial_id.iloc[0] / "model.safetensors"
+    good = lfs.read_bytes()
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
+    table = tmp_path / "c.csv"
+    proc = _lmsearch("pareto", str(exp), "--compression-csv", str(table), "--coefficients-csv", str(csv))
+    assert proc.returncode == 0, proc.stderr
+    assert f"  trial {lm.trial_id.iloc[0]}: weights not readable (" in proc.stdout
+    assert "weights read for 5 of 9 complete LM trials" in proc.stdout and table.is_file()
+    assert len(pd.read_csv(csv)) == 2 * 6 + 3 * 12
+
+    # two experiments whose trial ids coincide: 6 trials of lm-20, not 3 counted twice
+    twin = tmp_path / "twin"
+    shutil.copytree(exp, twin)
+    meta = json.loads((twin / "experiment.json").read_text())
+    (twin / "experiment.json").write_text(json.dumps({**meta, "name": "twin"}))
+    lfs.write_bytes(good)  # readable again in the first; the twin keeps the damaged copy
+    proc = _lmsearch("pareto", str(exp), str(twin), "--coefficients-csv", str(csv))
+    assert proc.returncode == 0, proc.stderr
+    assert "weights read for 11 of 18 complete LM trials" in proc.stdout
+    assert f"  trial {lm.trial_id.iloc[0]} of {twin}: weights not readable (" in proc.stdout
+    rows = {line.split()[1]: line.split() for line in proc.stdout.split("Learned k_n")[1].splitlines()
+            if line.strip().startswith("lm ")}
+    assert rows["20"][4] == "5" and rows["32"][4] == "6"
+    assert set(pd.read_csv(csv).experiment) == {"grid", "twin"}
 
 
 def test_pareto_cli_several_experiments_and_objectives(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from lmsearch.pruning import ParetoPruner, PrunerScheduler, make_pruner, make_scheduler, rungs, scheme_of
 from lmsearch.searcher import StudySearcher
-from lmsearch.space import load_space
+from lmsearch.space import late_pruner, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -252,19 +252,21 @@ def test_an_option_of_another_pruner_is_refused(tmp_path: Path) -> None:
     assert late.pruner["min_epochs"] == 6
     assert late.notes[-1] == ("search.pruner.min_epochs: 6 puts the pruner's first decision at epoch 6, and "
                               "budget.epochs is 6: it would never stop a trial")
-    # the pruner's own default at the last epoch (budget.epochs 1): the space loads, with a note saying why
-    # nothing will be pruned; an option of another pruner is not judged (median has no min_epochs)
+    # the pruner's own default at the last epoch (budget.epochs 1): the space loads (the run names it, see
+    # test_search); late_pruner says why, for the options the pruner has (median has no min_epochs)
     (tmp_path / "one.yaml").write_text(text.replace(", min_epochs: 1", "").replace("epochs: 6", "epochs: 1"))
     one = load_space(tmp_path / "one.yaml", check_data_dir=False)
-    assert "min_epochs" not in one.pruner and one.epochs == 1
-    assert one.notes[-1] == ("search.pruner.min_epochs (default) 1 puts the pruner's first decision at epoch 1, and "
-                             "budget.epochs is 1: it would never stop a trial")
+    assert "min_epochs" not in one.pruner and one.epochs == 1 and one.notes == ()
+    assert late_pruner(one.pruner, 1) == ("min_epochs", "1 puts the pruner's first decision at epoch 1, and "
+                                                        "budget.epochs is 1: it would never stop a trial")
+    assert late_pruner(one.pruner, 2) is None and late_pruner({"name": "none"}, 1) is None
+    assert late_pruner({"name": "median"}, 1)[0] == "warmup_epochs"
+    assert late_pruner({"name": "median", "warmup_epochs": 2}, 2)[0] == "warmup_epochs"  # Optuna: step >= warmup
+    assert late_pruner({"name": "median", "warmup_epochs": 1}, 2) is None
     (tmp_path / "median1.yaml").write_text(
         bad.replace("name: successive_halving, eta: 3, min_epochs: 1, protect_schemes: true", "name: median")
         .replace("epochs: 6", "epochs: 1"))
-    assert load_space(tmp_path / "median1.yaml", check_data_dir=False).notes == (
-        "search.pruner.warmup_epochs (default) 0 puts the pruner's first decision at epoch 1, and "
-        "budget.epochs is 1: it would never stop a trial",)
+    assert load_space(tmp_path / "median1.yaml", check_data_dir=False).notes == ()
     (tmp_path / "median0.yaml").write_text((tmp_path / "median1.yaml").read_text().replace(
         "name: median", "name: median, warmup_epochs: 0"))
     with pytest.raises(Exception, match=r"search\.pruner\.warmup_epochs: 0 puts the pruner's first decision at "

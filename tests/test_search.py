@@ -62,7 +62,9 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
     tmp = tmp_path_factory.mktemp("search")
     space = write_space(tmp, "tiny", n=5)
     # Trial number 1 raises at its first epoch: it must be recorded FAILED and the search go on.
-    proc = cli("search", str(space), "--out", str(tmp / "exp"), env={"LMSEARCH_FAULTS": "raise@1:1"})
+    # --pruner median with budget.epochs 1: its default first decision is at the last epoch (it stops nothing)
+    proc = cli("search", str(space), "--out", str(tmp / "exp"), "--pruner", "median",
+               env={"LMSEARCH_FAULTS": "raise@1:1"})
     return tmp / "exp", proc
 
 
@@ -70,6 +72,9 @@ def test_search_cli_writes_a_complete_experiment(finished: tuple[Path, subproces
     exp, proc = finished
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Pareto front" in proc.stdout
+    # the note judges the pruner the run uses (the command line's), not the space file's (none)
+    assert ("lmsearch: search.pruner.warmup_epochs (the median pruner's default) 0 puts the pruner's first decision "
+            "at epoch 1, and budget.epochs is 1: it would never stop a trial") in proc.stdout
     for name in ("space.yaml", "experiment.json", "trials.csv", "curves.csv", "pareto.csv", "study.db"):
         assert (exp / name).is_file(), name
     assert json.loads((exp / "experiment.json").read_text())["status"] == "finished"
@@ -301,6 +306,7 @@ def test_live_search_with_pareto_pruner_records_pruned_trials(tmp_path: Path) ->
     space = write_space(tmp_path, "pruned", n=6, epochs=4, concurrent=1)  # one at a time: a fixed order
     proc = cli("search", str(space), "--out", str(tmp_path / "exp"), "--pruner", "pareto")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "would never stop a trial" not in proc.stdout  # its first rung, epoch 1, is before the last
     exp = tmp_path / "exp"
     df = lmsearch.load_results(exp)
     pruned = df[df.state == "PRUNED"]

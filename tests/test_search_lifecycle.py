@@ -189,8 +189,8 @@ def test_time_budget_draws_no_trial_after_it_and_resume_runs_the_rest(tmp_path: 
     proc = cli(str(space), "--out", str(exp), "--resume")  # Ray's state would draw no trial: from the study
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ENDED_NOTE in proc.stderr
-    assert "Ray's state ended with the time budget; resuming from the study: 1 trial finished, 2 to run" in \
-        proc.stderr and "no Ray state" not in proc.stderr
+    assert f"{exp / 'ray'} could not go on with it and is removed; resuming from the study: 1 trial finished, " \
+        "2 to run" in proc.stderr and "no Ray state" not in proc.stderr and proc.stderr.count(ENDED_NOTE) == 1
     assert status(exp) == "finished"
     done = lmsearch.load_results(exp)
     assert sorted(done.number) == [0, 1, 2] and (done.state == "COMPLETE").all()

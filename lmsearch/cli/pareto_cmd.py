@@ -28,7 +28,7 @@ standard error against 1/3 of ResNet's gain, and the seeds a net still needs),
 each LM net placed on ResNet's
 accuracy-vs-log(params) curve (compression with a 95% bootstrap interval over
 seeds, and the verdict), and the learned k_n of the LM nets whose weights are
-in the folder (weights/<trial_id>/), read as the modified equation
+in the folder (weights/<trial_id>/, or Ray's checkpoints), read as the modified equation
 (1 + k_n) u' + (1 - k_n)/2 u'' = f(u)."""
 
 _ACCURACIES = ("test_acc", "val_acc")  # --metric: the compression analysis reads error = 1 - accuracy
@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objectives", nargs="+", metavar="COL:DIR",
                         help="objectives as column:max|min (default: the experiment's, else val_acc:max params:min)")
     parser.add_argument("--compression", action="store_true",
-                        help="also print the compression table (ResNet vs LM params at equal accuracy) "
-                             "and the depth-monotonicity check")
+                        help="also print the compression analysis: the compression table, the depth-"
+                             "monotonicity and power checks, the LM nets on ResNet's curve with the verdict, and "
+                             "the learned k_n")
     parser.add_argument("--compression-plot", metavar="FILE",
                         help="write the compression plot (error vs params per scheme; .png, .pdf, .svg, ...) "
                              "here; implies --compression")
@@ -229,15 +230,21 @@ def _fmt_interpolated(table: pd.DataFrame, verdict: str, metric: str) -> str:
     return "\n".join(lines)
 
 
-def _fmt_coefficients(by_depth: pd.DataFrame, found: int, missing: int) -> str:
-    """The learned k_n per LM net, read as the modified equation's coefficients."""
+def _fmt_coefficients(by_depth: pd.DataFrame, coefficients: pd.DataFrame) -> str:
+    """The learned k_n per LM net, read as the modified equation's coefficients, and the trials not read."""
+    read, missing, unreadable = (coefficients.attrs[k] for k in ("read", "missing", "unreadable"))
+    total = len(read) + len(missing) + len(unreadable)
     lines = [f"Learned k_n of the LM nets, over seeds (modified equation (1 + k_n) u' + (1 - k_n)/2 u'' = f(u); "
-             f"weights on disk for {found} of {found + missing} complete LM trials):"]
+             f"weights read for {len(read)} of {total} complete LM trials):"]
+    lines += [f"  trial {trial}: weights not readable ({why})" for trial, why in unreadable]
+    if not total:
+        return lines[0] + "\n  (no complete LM trials)"
     if not len(by_depth):
-        return lines[0] + "\n  (no LM weights to read)"
+        return "\n".join([*lines, "  (no LM weights to read)"])
     view = pd.DataFrame({
         "family": by_depth["family"], "depth": by_depth["depth"],
-        "width": ["" if pd.isna(w) else int(w) for w in by_depth["width"]], "trials": by_depth["trials"],
+        "width": ["" if pd.isna(w) else int(w) for w in by_depth["width"]],
+        "params": ["" if pd.isna(p) else f"{int(p):,}" for p in by_depth["params"]], "trials": by_depth["trials"],
         "k_n mean +- sem": [f"{k:+.3f}" + ("" if pd.isna(e) else f" +- {e:.3f}")
                             for k, e in zip(by_depth["k_mean"], by_depth["k_sem"], strict=True)],
         "k_n range": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(by_depth["k_min"], by_depth["k_max"], strict=True)],
@@ -251,18 +258,17 @@ def _fmt_coefficients(by_depth: pd.DataFrame, found: int, missing: int) -> str:
 
 
 def _lm_coefficients(dirs: list[str]) -> pd.DataFrame:
-    """experiment_lm_coefficients of every folder (an ``experiment`` column when there are several)."""
+    """experiment_lm_coefficients of every folder, one table (its ``experiment`` column tells them apart)."""
     from lmsearch.analysis import experiment_lm_coefficients
 
-    frames, missing = [], []
-    for folder in dirs:
-        k = experiment_lm_coefficients(folder)
-        missing += k.attrs["missing"]
-        if len(dirs) > 1:
-            k.insert(0, "experiment", Path(folder).name)
-        frames.append(k)
-    out = pd.concat(frames, ignore_index=True) if any(len(f) for f in frames) else frames[0].iloc[0:0]
-    out.attrs["missing"] = missing
+    parts = [experiment_lm_coefficients(folder) for folder in dirs]
+    out = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
+    # lists, not dicts keyed by trial id: two experiments may hold the same id
+    out.attrs.update(missing=[t for p in parts for t in p.attrs["missing"]],
+                     unreadable=[(t if len(dirs) == 1 else f"{t} of {folder}", why)
+                                 for folder, p in zip(dirs, parts, strict=True)
+                                 for t, why in p.attrs["unreadable"].items()],
+                     read=[t for p in parts for t in p.attrs["read"]])
     return out
 
 
@@ -317,15 +323,6 @@ def run(args: argparse.Namespace) -> int:
             placed = interpolated_compression(df, metric=args.metric)
             print()
             print(_fmt_interpolated(placed, compression_verdict(placed), args.metric))
-            coefficients = _lm_coefficients(args.dirs)
-            print()
-            print(_fmt_coefficients(lm_coefficients_by_depth(coefficients), coefficients["trial_id"].nunique(),
-                                    len(coefficients.attrs["missing"])))
-            if args.coefficients_csv:
-                with _writing("--coefficients-csv", args.coefficients_csv):
-                    Path(args.coefficients_csv).parent.mkdir(parents=True, exist_ok=True)
-                    coefficients.to_csv(args.coefficients_csv, index=False)
-                print(f"\nlearned k_n written to {args.coefficients_csv}")
             if args.compression_csv:
                 with _writing("--compression-csv", args.compression_csv):
                     Path(args.compression_csv).parent.mkdir(parents=True, exist_ok=True)
@@ -337,6 +334,15 @@ def run(args: argparse.Namespace) -> int:
                 with _writing("--compression-plot", args.compression_plot):
                     path = plot_compression(table, args.compression_plot, trials=df, metric=args.metric)
                 print(f"compression plot written to {path}")
+            # last: reading every LM trial's weights is the slow part, and the tables above need none of it
+            coefficients = _lm_coefficients(args.dirs)
+            print()
+            print(_fmt_coefficients(lm_coefficients_by_depth(coefficients), coefficients))
+            if args.coefficients_csv:
+                with _writing("--coefficients-csv", args.coefficients_csv):
+                    Path(args.coefficients_csv).parent.mkdir(parents=True, exist_ok=True)
+                    coefficients.to_csv(args.coefficients_csv, index=False)
+                print(f"\nlearned k_n written to {args.coefficients_csv}")
     except (ExperimentFolderError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
