@@ -420,7 +420,7 @@ def _run(space: SearchSpace, exp_dir: Path, *, space_file: Path | None, address:
         trainable = make_trainable(space, data, exp_dir)
         tune_dir = exp_dir / RAY_DIR / TUNE_NAME
         from_study = resume and not _ray_state_restores(exp_dir)
-        why = f"no Ray state in {exp_dir / RAY_DIR}"
+        why = None
         if from_study and tune_dir.is_dir():
             shutil.rmtree(exp_dir / RAY_DIR)
             why = (f"the last sitting's time budget ended Ray's search before every trial was drawn, so "
@@ -562,15 +562,17 @@ def _record_end(exp_dir: Path, space: SearchSpace, meta: dict[str, Any], failing
 
 
 def _continue_from_study(searcher: Any, space: SearchSpace, exp_dir: Path,
-                         why: str) -> tuple[int, list[dict[str, str]]]:
+                         why: str | None = None) -> tuple[int, list[dict[str, str]]]:
     """Prepare a search resumed from its Optuna study alone (Ray's state is gone).
 
     The study's RUNNING trials are orphans (no Ray trial will finish them):
     they are failed and their configurations queued again, which keeps every
     grid point; queued grid points are still WAITING in the study. Returns
     the number of trials left to run and the earlier trials.csv rows, with the
-    rows of unfinished trials marked FAILED. ``why`` (printed) says why the study is the source.
+    rows of unfinished trials marked FAILED. ``why`` (printed) says why the study is the source
+    (default: the folder has no Ray state).
     """
+    why = why or f"no Ray state in {exp_dir / RAY_DIR}"
     searcher.reconcile_orphans()
     finished, test_accs = searcher.finished_outcomes(), searcher.test_accuracies()
     rows = results.read_trial_rows(exp_dir)
