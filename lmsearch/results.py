@@ -125,7 +125,8 @@ EXPERIMENT_FILES = (EXPERIMENT_FILE, TRIALS_FILE, CURVES_FILE, PARETO_FILE, PARE
 
 def check_output_file(path: PathLike, what: str) -> Path:
     """``path`` as a file a command may write: not empty, not a directory, not an experiment folder's own file
-    (a symlink is judged by where it points), in a folder that exists and takes a new file or can be created.
+    nor anything in its subfolders (a symlink is judged by where it points), in a folder that exists and takes
+    a new file or can be created.
     Returns ``path`` as given."""
     if not str(path).strip():
         raise ExperimentFolderError(f"{what}: an empty path; give a file name")
@@ -135,6 +136,11 @@ def check_output_file(path: PathLike, what: str) -> Path:
     if real.name in EXPERIMENT_FILES and (real.parent / EXPERIMENT_FILE).is_file():
         raise ExperimentFolderError(f"{what}: {target} is a file of the experiment in {real.parent}; "
                                     f"write somewhere else")
+    # the subfolders of an experiment (weights/, checkpoints/, ray/) belong to its search
+    owner = next((folder for folder in real.parents[1:] if (folder / EXPERIMENT_FILE).is_file()), None)
+    if owner is not None:
+        raise ExperimentFolderError(f"{what}: {target} is inside {real.relative_to(owner).parts[0]}/ of the "
+                                    f"experiment in {owner}, which its search owns; write somewhere else")
     folder = real.parent
     while not folder.exists():  # the nearest existing folder: the missing ones would be created in it
         folder = folder.parent

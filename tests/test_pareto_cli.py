@@ -238,6 +238,18 @@ def test_pareto_cli_refuses_unwritable_outputs_before_any_work(tmp_path: Path) -
     proc = _lmsearch("pareto", str(exp), "--compression-csv", f"{cc}.png/x.csv", "--compression-plot", f"{cc}.png")
     _refused(proc, f"--compression-csv {cc}.png/x.csv and --compression-plot {cc}.png collide")
     assert proc.stdout == "" and not cc.exists() and not Path(f"{cc}.png").exists()
+    # the experiment's subfolders belong to its search: a trial's weights are never written over
+    arch = exp / "weights" / "t09" / "arch.json"
+    arch.parent.mkdir(parents=True)
+    arch.write_text("{}")
+    for option, path, sub in (("--coefficients-csv", arch, "weights"),
+                              ("--plot", exp / "checkpoints" / "new.png", "checkpoints")):
+        proc = _lmsearch("pareto", str(exp), option, str(path))
+        _refused(proc, option, str(path), f"is inside {sub}/ of the experiment in {exp}")
+        assert proc.stdout == ""
+    assert arch.read_text() == "{}" and not (exp / "checkpoints").exists()
+    proc = _lmsearch("pareto", str(exp), "--plot", str(exp / "front.png"))  # beside the tables: the user's file
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_pareto_cli_refuses_a_folder_that_takes_no_file_before_any_work(tmp_path: Path) -> None:
