@@ -39,6 +39,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from lmsearch.pareto import crowding_distance, hypervolume_points, nondominated_rank
 from lmsearch.searcher import PARAMS_ATTR, SCHEME_ATTR, StudyRecord, study_storage_url
+from lmsearch.space import FIRST_DECISION_DEFAULTS
 
 #: User attribute the scheduler sets on a trial it stops: the epoch it was stopped at.
 PRUNED_AT_ATTR = "pruned_at_epoch"
@@ -306,8 +307,8 @@ def make_pruner(config: dict[str, Any], max_epochs: int) -> BasePruner:
     """The pruner a space's ``search.pruner`` names, with its parameters."""
     name = config.get("name", "none")
     eta = int(config.get("eta", 3))
-    min_epochs = int(config.get("min_epochs", 1))
-    warmup = int(config.get("warmup_epochs", 0))
+    min_epochs = int(config.get("min_epochs", FIRST_DECISION_DEFAULTS["min_epochs"]))
+    warmup = int(config.get("warmup_epochs", FIRST_DECISION_DEFAULTS["warmup_epochs"]))
     if name == "pareto":
         return ParetoPruner(eta=eta, min_epochs=min_epochs, max_epochs=max_epochs,
                             tie_break=config.get("tie_break", "fixed_hypervolume"),

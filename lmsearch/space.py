@@ -931,6 +931,8 @@ def _parse_training(r: _Reader, value: Any) -> dict[str, Param]:
 
 
 #: The options each pruner reads (lmsearch.pruning.make_pruner).
+#: the defaults of the options that place a pruner's first decision (read by lmsearch.pruning.make_pruner)
+FIRST_DECISION_DEFAULTS = {"min_epochs": 1, "warmup_epochs": 0}
 PRUNER_OPTIONS = {
     "pareto": ("eta", "min_epochs", "tie_break", "reach", "protect_schemes"),
     "successive_halving": ("eta", "min_epochs"),
@@ -969,7 +971,7 @@ def parse_duration(value: Any) -> float:
 def late_pruner(pruner: dict[str, Any], epochs: int) -> tuple[str, str] | None:
     """``(option, why)`` when ``pruner``'s first decision (``min_epochs`` or ``warmup_epochs``, given or
     its default) falls at or after the last of ``epochs``, so that it would never stop a trial; else None."""
-    for key, default in (("min_epochs", 1), ("warmup_epochs", 0)):
+    for key, default in FIRST_DECISION_DEFAULTS.items():
         if key not in PRUNER_OPTIONS[pruner["name"]]:
             continue
         value = pruner.get(key, default)
